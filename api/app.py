@@ -1,0 +1,49 @@
+"""The FastAPI application; its lifespan starts and stops the controller."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.routes import broadcasts, regions, system, terminals
+from controller.broadcasts import BroadcastRejected
+from controller.service import Controller, NotAccepting
+from controller.settings import Settings
+from controller.terminals import TerminalsRejected
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app that owns a controller built from `settings` for the length of its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        controller = Controller(settings)
+        await controller.start()
+        app.state.controller = controller
+        try:
+            yield
+        finally:
+            await controller.stop()
+
+    app = FastAPI(
+        title="Cunxiang (村响)",
+        summary="County emergency-broadcast and village-loudspeaker controller",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(broadcasts.router, prefix="/api/v1")
+    app.include_router(terminals.router, prefix="/api/v1")
+    app.include_router(regions.router, prefix="/api/v1")
+    app.include_router(system.router)
+
+    @app.exception_handler(BroadcastRejected)
+    @app.exception_handler(TerminalsRejected)
+    async def unprocessable(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(NotAccepting)
+    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    return app

@@ -1,0 +1,55 @@
+"""Broadcasts: send one, follow its delivery."""
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel
+from sqlmodel import col, select
+
+from api.deps import ControllerDep, SessionDep
+from controller.broadcasts import BroadcastRequest
+from controller.models import Broadcast
+from controller.reports import BroadcastReport, broadcast_report
+
+router = APIRouter(prefix="/broadcasts", tags=["broadcasts"])
+
+
+class BroadcastAccepted(BaseModel):
+    id: str
+    state: str
+    terminals: int
+    issued_at: datetime
+    expires_at: datetime
+    priority: int
+
+
+class BroadcastSummary(BaseModel):
+    id: str
+    kind: str
+    level: int | None
+    state: str
+    regions: list[str]
+    terminals: int
+    issued_at: datetime
+    expires_at: datetime
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=BroadcastAccepted)
+async def send_broadcast(request: BroadcastRequest, controller: ControllerDep) -> Broadcast:
+    """Persist the broadcast and a delivery per terminal in the target, then publish it."""
+    return await controller.submit(request)
+
+
+@router.get("", response_model=list[BroadcastSummary])
+def recent_broadcasts(session: SessionDep, limit: int = 50) -> list[Broadcast]:
+    limit = max(1, min(limit, 500))
+    return list(session.exec(select(Broadcast).order_by(col(Broadcast.issued_at).desc()).limit(limit)).all())
+
+
+@router.get("/{broadcast_id}", response_model=BroadcastReport)
+def broadcast_progress(broadcast_id: str, session: SessionDep, controller: ControllerDep) -> BroadcastReport:
+    """Totals per delivery state, per region below the target, and who has not acknowledged, and why."""
+    report = broadcast_report(session, broadcast_id, presence_of=controller.presence_of)
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no broadcast {broadcast_id!r}")
+    return report

@@ -1,0 +1,1 @@
+"""Cunxiang's central logic: settings, storage, the MQTT bus, dispatch, acknowledgements, presence."""

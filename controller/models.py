@@ -1,0 +1,95 @@
+"""Database tables. Times are stored and returned as timezone-aware UTC."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+from devices.messages import now_utc
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, also on SQLite, which keeps no zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_column(**kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kwargs)
+
+
+class BroadcastState(StrEnum):
+    """A broadcast's life: persisted, published, then over."""
+
+    ACCEPTED = "accepted"
+    ACTIVE = "active"
+    FINISHED = "finished"
+    EXPIRED = "expired"
+
+
+class Region(SQLModel, table=True):
+    code: str = Field(primary_key=True, max_length=12)
+    name: str = Field(max_length=100)
+    level: str = Field(max_length=16)
+    parent_code: str | None = Field(default=None, index=True, max_length=12)
+
+
+class Terminal(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    region_code: str = Field(index=True, max_length=12, foreign_key="region.code")
+    kind: str = Field(default="outdoor_speaker", max_length=32)
+    name: str | None = Field(default=None, max_length=100)
+    presence: str = Field(default="unknown", max_length=16)
+    presence_since: datetime | None = _utc_column(default=None)
+    session: int | None = None
+    firmware: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _utc_column(default_factory=now_utc)
+
+
+class Broadcast(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)
+    level: int | None = None
+    issuer_region: str = Field(max_length=12)
+    regions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    text: str | None = None
+    priority: int
+    issued_at: datetime = _utc_column()
+    expires_at: datetime = _utc_column(index=True)
+    state: str = Field(default=BroadcastState.ACCEPTED, max_length=16, index=True)
+    terminals: int = 0
+    command: str = Field(description="the exact command payload, republished byte for byte")
+    finished_at: datetime | None = _utc_column(default=None)
+
+
+class Delivery(SQLModel, table=True):
+    """One terminal's part in one broadcast."""
+
+    broadcast_id: str = Field(primary_key=True, foreign_key="broadcast.id", max_length=64)
+    terminal_id: str = Field(primary_key=True, max_length=64, index=True)
+    region_code: str = Field(max_length=12)
+    state: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=32)
+    detail: str | None = Field(default=None, max_length=500)
+    updated_at: datetime = _utc_column()
+    sent_at: datetime | None = _utc_column(default=None)
+    received_at: datetime | None = _utc_column(default=None)
+    playing_at: datetime | None = _utc_column(default=None)
+    finished_at: datetime | None = _utc_column(default=None, description="when it reached a final state")

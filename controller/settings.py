@@ -1,0 +1,107 @@
+"""The one settings object, read from `CUNXIANG_*` environment variables (and `.env`)."""
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from devices.identifiers import is_region_code, is_terminal_id
+from devices.topics import TopicScheme
+
+ENV_PREFIX = "CUNXIANG_"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can change. Defaults run a whole county on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./cunxiang.db"
+    mqtt_url: str | None = Field(
+        default=None,
+        description="mqtt://[user:password@]host[:port] of the broker; unset starts an embedded broker",
+    )
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: Annotated[int, Field(ge=0, le=65535)] = 1883
+    topic_prefix: str = "cx"
+    controller_id: str = "controller-1"
+    county_region: str = "421202"
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    ack_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    ack_batch_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.05
+    expiry_sweep_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_expires_in_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError("must look like mqtt://[user:password@]host[:port]")
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        TopicScheme(value)
+        return value
+
+    @field_validator("controller_id")
+    @classmethod
+    def _controller_id(cls, value: str) -> str:
+        if not is_terminal_id(value):
+            raise ValueError("must be lowercase letters, digits and hyphens")
+        return value
+
+    @field_validator("county_region")
+    @classmethod
+    def _county_region(cls, value: str) -> str:
+        if not is_region_code(value):
+            raise ValueError("must be an administrative division code such as 421202")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @property
+    def topics(self) -> TopicScheme:
+        return TopicScheme(self.topic_prefix)
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt_url is None
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names the environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; one clear message per bad setting on failure."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = ENV_PREFIX + ".".join(str(p) for p in error["loc"]).upper()
+            lines.append(f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,142 @@
+"""Delivery tracking in memory, written to the database in batches.
+
+The tracker holds the delivery state of every terminal of every live broadcast. Each
+acknowledgement is checked against the state machine (`controller.delivery`) in memory and, if it
+moves a delivery forward, recorded with the `DbWriter` for the next batch. When every delivery of a
+broadcast is final, or its expiry passes, the broadcast is over and leaves memory.
+"""
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from controller.delivery import FINAL_STATES, STATE_FOR_STAGE, UNACKNOWLEDGED_STATES, DeliveryState, can_move
+from controller.metrics import Metrics
+from controller.models import Broadcast, BroadcastState, Delivery
+from controller.writer import DbWriter
+from devices.messages import Ack
+
+log = logging.getLogger(__name__)
+
+_TIMESTAMP_COLUMN = {
+    DeliveryState.SENT: "sent_at",
+    DeliveryState.RECEIVED: "received_at",
+    DeliveryState.PLAYING: "playing_at",
+}
+
+
+@dataclass
+class LiveBroadcast:
+    """What the tracker keeps of a broadcast until it is over."""
+
+    id: str
+    expires_at: datetime
+    regions: list[str]
+    payload: bytes
+    states: dict[str, DeliveryState]
+    open: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.open = sum(1 for state in self.states.values() if state not in FINAL_STATES)
+
+
+class AckOutcome:
+    """Why an acknowledgement changed nothing (metric label), or None when it was applied."""
+
+    UNKNOWN_COMMAND = "unknown_command"
+    LATE = "ack_for_finished_broadcast"
+    NOT_TARGETED = "terminal_not_targeted"
+
+
+class DeliveryTracker:
+    """Live delivery states, the single place where they change."""
+
+    def __init__(self, writer: DbWriter, metrics: Metrics, *, playback_grace: timedelta) -> None:
+        self._writer = writer
+        self._metrics = metrics
+        self._grace = playback_grace
+        self._live: dict[str, LiveBroadcast] = {}
+        self._recently_over: OrderedDict[str, None] = OrderedDict()
+        self._deliveries = Delivery.__table__  # type: ignore[attr-defined]
+        self._broadcasts = Broadcast.__table__  # type: ignore[attr-defined]
+
+    def track(self, broadcast: LiveBroadcast, at: datetime) -> None:
+        self._live[broadcast.id] = broadcast
+        if broadcast.open == 0:
+            self._finish(broadcast, at)
+
+    def live(self) -> list[LiveBroadcast]:
+        return list(self._live.values())
+
+    def get(self, broadcast_id: str) -> LiveBroadcast | None:
+        return self._live.get(broadcast_id)
+
+    def waiting_for(self, terminal_id: str) -> list[str]:
+        """Live broadcasts this terminal has not acknowledged yet."""
+        return [b.id for b in self._live.values() if b.states.get(terminal_id) in UNACKNOWLEDGED_STATES]
+
+    def mark_sent(self, broadcast_id: str, terminal_ids: list[str] | None, at: datetime) -> None:
+        """The command went to the broker for these terminals (None: every pending one)."""
+        live = self._live.get(broadcast_id)
+        if live is None:
+            return
+        for terminal_id in terminal_ids if terminal_ids is not None else list(live.states):
+            if live.states.get(terminal_id) is DeliveryState.PENDING:
+                self._move(live, terminal_id, DeliveryState.SENT, at)
+
+    def on_ack(self, ack: Ack, at: datetime) -> str | None:
+        """Apply one acknowledgement; returns a rejection label if it named nothing we track."""
+        live = self._live.get(ack.command_id)
+        if live is None:
+            return AckOutcome.LATE if ack.command_id in self._recently_over else AckOutcome.UNKNOWN_COMMAND
+        current = live.states.get(ack.terminal_id)
+        if current is None:
+            return AckOutcome.NOT_TARGETED
+        new = STATE_FOR_STAGE[ack.stage]
+        if not can_move(current, new):
+            self._metrics.delivery_ignored.inc()
+            return None
+        self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail)
+        return None
+
+    def sweep(self, now: datetime) -> None:
+        """Expire what its broadcast's expiry (and, for playing terminals, the grace) has passed."""
+        for live in list(self._live.values()):
+            if now < live.expires_at:
+                continue
+            late = now >= live.expires_at + self._grace
+            for terminal_id, state in list(live.states.items()):
+                if state in UNACKNOWLEDGED_STATES or (late and state not in FINAL_STATES):
+                    self._move(live, terminal_id, DeliveryState.EXPIRED, now)
+
+    def _move(
+        self,
+        live: LiveBroadcast,
+        terminal_id: str,
+        new: DeliveryState,
+        at: datetime,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        live.states[terminal_id] = new
+        values: dict[str, object] = {"state": new.value, "updated_at": at}
+        if new in FINAL_STATES:
+            values.update(finished_at=at, reason=reason, detail=detail)
+            live.open -= 1
+        else:
+            values[_TIMESTAMP_COLUMN[new]] = at
+        self._writer.update(self._deliveries, (live.id, terminal_id), values)
+        self._metrics.delivery_transitions.labels(new.value).inc()
+        if live.open == 0:
+            self._finish(live, at)
+
+    def _finish(self, live: LiveBroadcast, at: datetime) -> None:
+        expired = any(state is DeliveryState.EXPIRED for state in live.states.values())
+        state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
+        self._writer.update(self._broadcasts, (live.id,), {"state": state.value, "finished_at": at})
+        del self._live[live.id]
+        self._recently_over[live.id] = None
+        while len(self._recently_over) > 1000:
+            self._recently_over.popitem(last=False)
+        log.info("broadcast %s %s", live.id, state.value)

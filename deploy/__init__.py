@@ -1,0 +1,1 @@
+"""Running Cunxiang: the `cunxiang` command, the one-command demo, and production configuration."""

@@ -1,0 +1,91 @@
+"""The `cunxiang` command."""
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from controller.settings import SettingsError, load_settings
+from deploy.logs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cunxiang", description="Cunxiang (村响) county broadcast controller"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="broker, controller, API and a simulated county in one process")
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port (a free one if taken)")
+    demo.add_argument("--region", default="421202", help="region to simulate (default 421202 咸安区)")
+    demo.add_argument("--per-village", type=int, default=1, help="simulated terminals per village")
+    demo.add_argument("--playback", type=float, default=8.0, help="seconds each simulated playback takes")
+
+    serve = commands.add_parser("serve", help="controller and API against the configured broker and database")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default CUNXIANG_HTTP_PORT, 8000)")
+    serve.add_argument("--host", default=None, help="HTTP address (default CUNXIANG_HTTP_HOST, 127.0.0.1)")
+
+    simulate = commands.add_parser("simulate", help="simulated terminals for every village under a region")
+    simulate.add_argument("--region", default="421202")
+    simulate.add_argument("--per-village", type=int, default=2)
+    simulate.add_argument("--broker", default=None, help="mqtt://host:port (default CUNXIANG_MQTT_URL)")
+    simulate.add_argument("--playback", type=float, default=8.0, help="seconds each playback takes")
+    simulate.add_argument(
+        "--register",
+        metavar="API",
+        default=None,
+        help="register the terminals first with the controller at this URL",
+    )
+    simulate.add_argument(
+        "--divisions", type=Path, default=None, help="divisions CSV (default: bundled 咸宁市)"
+    )
+
+    regions = commands.add_parser("regions", help="administrative regions")
+    regions_commands = regions.add_subparsers(dest="regions_command", required=True)
+    load = regions_commands.add_parser(
+        "load", help="load a code,name,level,parent_code CSV into the database"
+    )
+    load.add_argument("csv", type=Path)
+
+    bench = commands.add_parser("bench", help="benchmarks (see docs/performance.md)")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    fanout = bench_commands.add_parser("fanout", help="time from POST to every terminal's acknowledgement")
+    fanout.add_argument("--terminals", type=int, default=1000)
+    fanout.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
+    fanout.add_argument(
+        "--mosquitto-url", default=None, help="use this running Mosquitto instead of starting one"
+    )
+    fanout.add_argument("--playback", type=float, default=1.0)
+    fanout.add_argument("--json", type=Path, default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+
+    if args.command == "demo":
+        from deploy.demo import run_demo
+
+        return asyncio.run(run_demo(settings, args.port, args.region, args.per_village, args.playback))
+    if args.command == "serve":
+        from deploy.serve import run_server
+
+        return asyncio.run(run_server(settings, host=args.host, port=args.port))
+    if args.command == "simulate":
+        from deploy.simulate import run_simulator
+
+        return asyncio.run(run_simulator(settings, args))
+    if args.command == "regions":
+        from deploy.serve import load_regions
+
+        return load_regions(settings, args.csv)
+    from bench.fanout import run_fanout_cli
+
+    return run_fanout_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

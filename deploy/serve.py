@@ -1,0 +1,52 @@
+"""`cunxiang serve` and `cunxiang regions load`."""
+
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from sqlmodel import Session
+
+from api.app import create_app
+from controller.db import init_schema, make_engine
+from controller.embedded_broker import BrokerStartError
+from controller.regions import DivisionsError, load_divisions_file
+from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def http_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    return uvicorn.Server(config)
+
+
+async def run_server(settings: Settings, host: str | None, port: int | None) -> int:
+    server = http_server(
+        settings, host or settings.http_host, port if port is not None else settings.http_port
+    )
+    try:
+        await server.serve()
+    except BrokerStartError as exc:
+        print(
+            f"cannot start the embedded MQTT broker: {exc}; set CUNXIANG_EMBEDDED_BROKER_PORT or "
+            "CUNXIANG_MQTT_URL",
+            file=sys.stderr,
+        )
+        return 1
+    return 0 if server.started else 1
+
+
+def load_regions(settings: Settings, path: Path) -> int:
+    engine = make_engine(settings.database_url)
+    init_schema(engine)
+    try:
+        with Session(engine) as session:
+            written = load_divisions_file(session, path)
+    except (OSError, DivisionsError) as exc:
+        print(f"cannot load {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{written} regions added or changed from {path}")
+    return 0

@@ -1,0 +1,61 @@
+"""`cunxiang simulate`: terminals for every village under a region, until interrupted."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import httpx
+
+from controller.bus import BrokerAddress
+from controller.regions import bundled_divisions, parse_divisions
+from controller.settings import Settings
+from devices.identifiers import RegionLevel
+from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
+from simulator.runner import Fleet
+
+log = logging.getLogger(__name__)
+
+
+def villages_in(divisions_csv: str, region: str) -> list[str]:
+    return [
+        r.code
+        for r in parse_divisions(divisions_csv)
+        if r.level == RegionLevel.VILLAGE and r.code.startswith(region)
+    ]
+
+
+def register_over_http(api: str, specs: list[SimulatedSpec]) -> None:
+    body = [{"id": s.terminal_id, "region": s.region} for s in specs]
+    response = httpx.post(f"{api.rstrip('/')}/api/v1/terminals", json=body, timeout=60)
+    response.raise_for_status()
+    log.info("registered with %s: %s", api, response.json())
+
+
+async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
+    url = args.broker or settings.mqtt_url
+    if url is None:
+        print("no broker: give --broker mqtt://host:port or set CUNXIANG_MQTT_URL", file=sys.stderr)
+        return 2
+    divisions = args.divisions.read_text(encoding="utf-8") if args.divisions else bundled_divisions()
+    villages = villages_in(divisions, args.region)
+    if not villages:
+        print(f"no villages under region {args.region}", file=sys.stderr)
+        return 2
+    specs = fleet_for_villages(villages, args.per_village)
+    if args.register:
+        await asyncio.to_thread(register_over_http, args.register, specs)
+    address = BrokerAddress.from_url(url)
+    fleet = Fleet(specs, address.host, address.port, settings.topics, Behaviour(playback_s=args.playback))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with fleet:
+        print(
+            f"{len(specs)} simulated terminals online in {len(villages)} villages under {args.region}",
+            flush=True,
+        )
+        await stop.wait()
+    return 0

@@ -1,0 +1,233 @@
+"""Every message of protocol v1 as a pydantic model, with decoding that never lets bad input through.
+
+Payloads are UTF-8 JSON objects carrying `"v": 1`. Times are ISO 8601 in UTC. Unknown members are
+ignored on decoding, so a v1 reader accepts messages from a newer minor revision that only adds.
+"""
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from devices import PROTOCOL_VERSION
+from devices.errors import PayloadError
+from devices.identifiers import REGION_CODE_PATTERN, TERMINAL_ID_PATTERN
+from devices.priority import BroadcastKind, EmergencyLevel, command_priority
+
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
+
+TerminalId = Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
+RegionCode = Annotated[str, Field(pattern=REGION_CODE_PATTERN)]
+CommandId = Annotated[str, Field(pattern=COMMAND_ID_PATTERN)]
+
+
+class WireModel(BaseModel):
+    """Base of every message: immutable, versioned, tolerant of members it does not know."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: Literal[1] = 1
+
+
+class AudioRef(BaseModel):
+    """Audio a terminal downloads over HTTP; it verifies the size and SHA-256 before playing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    size: Annotated[int, Field(gt=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Content(BaseModel):
+    """What to play: text to speak, recorded audio, or both (audio first, text as fallback)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "zh-CN"
+    audio: AudioRef | None = None
+
+    @model_validator(mode="after")
+    def _has_something_to_play(self) -> Self:
+        if self.text is None and self.audio is None:
+            raise ValueError("content needs text or audio")
+        return self
+
+
+class Command(WireModel):
+    """An instruction to play. Never retained; terminals de-duplicate by `id`."""
+
+    id: CommandId
+    op: Literal["play"] = "play"
+    kind: BroadcastKind
+    level: EmergencyLevel | None = None
+    issuer_region: RegionCode
+    priority: int
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    content: Content
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    repeat: Annotated[int, Field(ge=1, le=10)] = 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        expected = command_priority(self.kind, self.level, self.issuer_region)
+        if self.priority != expected:
+            raise ValueError(f"priority {self.priority} does not match kind/level/issuer ({expected})")
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes a signature will cover: sorted keys, no spaces, UTF-8, times as sent."""
+        return canonical_json(self.model_dump(mode="json", exclude_none=True))
+
+
+class AckStage(StrEnum):
+    """How far a terminal got with a command; the last four end it."""
+
+    RECEIVED = "received"
+    PLAYING = "playing"
+    COMPLETED = "completed"
+    PREEMPTED = "preempted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class AckReason(StrEnum):
+    """Why a command was rejected, failed or pre-empted."""
+
+    EXPIRED = "expired"
+    BUSY = "busy"
+    BAD_PAYLOAD = "bad_payload"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    PLAYBACK_ERROR = "playback_error"
+    HIGHER_PRIORITY = "higher_priority"
+
+
+_STAGES_NEEDING_REASON = {AckStage.PREEMPTED, AckStage.REJECTED, AckStage.FAILED}
+
+
+class Ack(WireModel):
+    """A terminal's report on one command, published QoS 1 on its own ack topic."""
+
+    command_id: CommandId
+    terminal_id: TerminalId
+    stage: AckStage
+    reason: AckReason | None = None
+    detail: Annotated[str, Field(max_length=500)] | None = None
+    by: CommandId | None = None
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _reason_when_needed(self) -> Self:
+        if (self.reason is not None) != (self.stage in _STAGES_NEEDING_REASON):
+            raise ValueError(f"stage {self.stage} {'needs' if self.reason is None else 'takes no'} reason")
+        return self
+
+
+class Presence(StrEnum):
+    """A terminal's or controller's availability. `lost` is what the broker's will says."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    LOST = "lost"
+
+
+class TerminalStatus(WireModel):
+    """Retained birth (`online`), clean goodbye (`offline`) and will (`lost`) of one terminal.
+
+    `session` grows with every connection, so a late will of an earlier session cannot mark a
+    terminal lost after it came back.
+    """
+
+    terminal_id: TerminalId
+    state: Presence
+    session: Annotated[int, Field(ge=0)]
+    region: RegionCode
+    firmware: Annotated[str, Field(max_length=64)] | None = None
+    heartbeat_interval_s: Annotated[int, Field(ge=1, le=3600)] = 30
+    at: AwareDatetime
+
+
+class ControllerStatus(WireModel):
+    """The controller's retained status; terminals may show a 'no controller' indication from it."""
+
+    controller_id: TerminalId
+    state: Presence
+    session: Annotated[int, Field(ge=0)]
+    at: AwareDatetime
+
+
+class Amplifier(StrEnum):
+    OK = "ok"
+    FAULT = "fault"
+    OFF = "off"
+
+
+class Speaker(StrEnum):
+    OK = "ok"
+    OPEN_CIRCUIT = "open_circuit"
+    SHORT_CIRCUIT = "short_circuit"
+
+
+class Supply(StrEnum):
+    MAINS = "mains"
+    BATTERY = "battery"
+    SOLAR = "solar"
+
+
+class Heartbeat(WireModel):
+    """Periodic health telemetry, QoS 0 (a lost one is replaced by the next)."""
+
+    terminal_id: TerminalId
+    at: AwareDatetime
+    uptime_s: Annotated[int, Field(ge=0)]
+    volume: Annotated[int, Field(ge=0, le=100)]
+    amplifier: Amplifier
+    speaker: Speaker
+    supply: Supply
+    battery_pct: Annotated[int, Field(ge=0, le=100)] | None = None
+    temperature_c: Annotated[float, Field(ge=-60, le=150)] | None = None
+    signal_dbm: Annotated[int, Field(ge=-150, le=0)] | None = None
+    firmware: Annotated[str, Field(max_length=64)]
+    playing: CommandId | None = None
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: the same value always gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(message: WireModel) -> bytes:
+    """The payload bytes of a message, with absent optional members left out."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def decode(model: type[M], payload: bytes | bytearray | str) -> M:
+    """Decode a payload; raises PayloadError with a metric-safe `reason` and a readable detail."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError("bad_json", f"payload is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError("bad_payload", "payload is not a JSON object")
+    if data.get("v") != PROTOCOL_VERSION:
+        raise PayloadError("unsupported_version", f"protocol version {data.get('v')!r}, expected 1")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__
+        raise PayloadError("bad_payload", f"{model.__name__}.{where}: {first['msg']}") from None
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)

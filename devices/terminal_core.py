@@ -1,0 +1,147 @@
+"""The terminal's command state machine, without IO.
+
+A terminal agent (the simulator, or the agent on a real loudspeaker) feeds it what arrives and what
+its player does, and carries out the `Step` it answers: acknowledgements to publish, a command to
+start playing, a command to stop. The rules:
+
+- a command id seen before is a duplicate (QoS 1 redelivers; the controller retries on the
+  terminal's own topic): nothing new happens, the last acknowledgement for it is sent again;
+- a command that has expired by the terminal's clock is rejected (`expired`);
+- while idle, a command is received and started;
+- while playing, a command of strictly higher priority pre-empts the current one (reported
+  `preempted`, `by` the new id); an equal or lower one is rejected (`busy`).
+"""
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import TypeAdapter
+
+from devices.errors import PayloadError
+from devices.messages import Ack, AckReason, AckStage, Command, CommandId, decode
+
+_COMMAND_ID: TypeAdapter[str] = TypeAdapter(CommandId)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the agent must do now, in order: publish `acks`, stop `stop`, then start `start`."""
+
+    acks: tuple[Ack, ...] = ()
+    start: Command | None = None
+    stop: str | None = None
+
+
+@dataclass
+class TerminalCore:
+    """One terminal's memory of commands; `remember` bounds the de-duplication window."""
+
+    terminal_id: str
+    remember: int = 1024
+    current: Command | None = None
+    _last_ack: OrderedDict[str, Ack] = field(default_factory=OrderedDict)
+
+    def on_payload(self, payload: bytes, now: datetime) -> Step:
+        """A command payload arrived. A payload that cannot be decoded is rejected if it has an id."""
+        try:
+            command = decode(Command, payload)
+        except PayloadError as exc:
+            command_id = _salvage_id(payload)
+            if command_id is None:
+                return Step()
+            reason = (
+                AckReason.UNSUPPORTED_VERSION
+                if exc.reason == "unsupported_version"
+                else AckReason.BAD_PAYLOAD
+            )
+            return Step(acks=(self._ack(command_id, AckStage.REJECTED, now, reason, exc.detail),))
+        return self.on_command(command, now)
+
+    def on_command(self, command: Command, now: datetime) -> Step:
+        previous = self._last_ack.get(command.id)
+        if previous is not None:
+            return Step(acks=(previous,))
+        if now >= command.expires_at:
+            return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason.EXPIRED),))
+        current = self.current
+        if current is None:
+            self.current = command
+            return Step(acks=(self._ack(command.id, AckStage.RECEIVED, now),), start=command)
+        if command.priority > current.priority:
+            self.current = command
+            preempted = self._ack(
+                current.id, AckStage.PREEMPTED, now, AckReason.HIGHER_PRIORITY, by=command.id
+            )
+            return Step(
+                acks=(preempted, self._ack(command.id, AckStage.RECEIVED, now)),
+                stop=current.id,
+                start=command,
+            )
+        return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason.BUSY, by=current.id),))
+
+    def on_started(self, command_id: str, now: datetime) -> Step:
+        """The player began playing `command_id`."""
+        return self._progress(command_id, AckStage.PLAYING, now)
+
+    def on_finished(self, command_id: str, now: datetime) -> Step:
+        """The player played `command_id` to the end."""
+        step = self._progress(command_id, AckStage.COMPLETED, now)
+        self._release(command_id)
+        return step
+
+    def on_failed(self, command_id: str, now: datetime, detail: str) -> Step:
+        """The player could not play `command_id` (download, checksum, decoder, amplifier)."""
+        step = self._progress(command_id, AckStage.FAILED, now, AckReason.PLAYBACK_ERROR, detail)
+        self._release(command_id)
+        return step
+
+    def _progress(
+        self,
+        command_id: str,
+        stage: AckStage,
+        now: datetime,
+        reason: AckReason | None = None,
+        detail: str | None = None,
+    ) -> Step:
+        if self.current is None or self.current.id != command_id:
+            return Step()
+        return Step(acks=(self._ack(command_id, stage, now, reason, detail),))
+
+    def _release(self, command_id: str) -> None:
+        if self.current is not None and self.current.id == command_id:
+            self.current = None
+
+    def _ack(
+        self,
+        command_id: str,
+        stage: AckStage,
+        now: datetime,
+        reason: AckReason | None = None,
+        detail: str | None = None,
+        by: str | None = None,
+    ) -> Ack:
+        ack = Ack(
+            command_id=command_id,
+            terminal_id=self.terminal_id,
+            stage=stage,
+            reason=reason,
+            detail=detail,
+            by=by,
+            at=now,
+        )
+        self._last_ack[command_id] = ack
+        self._last_ack.move_to_end(command_id)
+        while len(self._last_ack) > self.remember:
+            self._last_ack.popitem(last=False)
+        return ack
+
+
+def _salvage_id(payload: bytes) -> str | None:
+    """The `id` of an undecodable command, if one can be read, so the terminal can say why it refused."""
+    try:
+        data = json.loads(payload)
+        return _COMMAND_ID.validate_python(data.get("id")) if isinstance(data, dict) else None
+    except ValueError:
+        return None

@@ -1,0 +1,37 @@
+"""Which terminals to simulate and how they behave."""
+
+import random
+from dataclasses import dataclass
+
+from devices.identifiers import is_region_code
+
+
+@dataclass(frozen=True)
+class SimulatedSpec:
+    terminal_id: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How a simulated terminal acts. Times in seconds; delays are drawn uniformly from the range."""
+
+    playback_s: float = 8.0
+    start_delay_s: tuple[float, float] = (0.05, 0.3)
+    heartbeat_interval_s: int = 30
+    firmware: str = "sim-1.0.0"
+
+    def start_delay(self, rng: random.Random) -> float:
+        return rng.uniform(*self.start_delay_s)
+
+
+def fleet_for_villages(villages: list[str], per_village: int) -> list[SimulatedSpec]:
+    """`per_village` terminals in each village, with ids `sim-<village code>-<n>`."""
+    if per_village < 1:
+        raise ValueError("per_village must be at least 1")
+    specs: list[SimulatedSpec] = []
+    for village in villages:
+        if not is_region_code(village):
+            raise ValueError(f"not a region code: {village!r}")
+        specs.extend(SimulatedSpec(f"sim-{village}-{n}", village) for n in range(1, per_village + 1))
+    return specs

@@ -1,0 +1,57 @@
+"""Run a fleet of simulated terminals in one process."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from devices.topics import TopicScheme
+from simulator.fleet import Behaviour, SimulatedSpec
+from simulator.terminal import SimulatedTerminal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fleet:
+    """Simulated terminals and their tasks; an async context manager that stops them all on exit."""
+
+    specs: list[SimulatedSpec]
+    host: str
+    port: int
+    topics: TopicScheme = field(default_factory=TopicScheme)
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    connect_concurrency: int = 64
+    terminals: list[SimulatedTerminal] = field(default_factory=list)
+    _tasks: list["asyncio.Task[None]"] = field(default_factory=list)
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start every terminal, a few at a time, and wait until all are online."""
+        self.terminals = [
+            SimulatedTerminal(spec, self.host, self.port, self.topics, self.behaviour) for spec in self.specs
+        ]
+        gate = asyncio.Semaphore(self.connect_concurrency)
+
+        async def start_one(terminal: SimulatedTerminal) -> None:
+            async with gate:
+                self._tasks.append(asyncio.create_task(terminal.run()))
+                await terminal.connected.wait()
+
+        await asyncio.wait_for(asyncio.gather(*(start_one(t) for t in self.terminals)), timeout)
+        log.info("%d simulated terminals online at mqtt://%s:%d", len(self.terminals), self.host, self.port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def __aenter__(self) -> "Fleet":
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
