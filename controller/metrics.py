@@ -49,6 +49,11 @@ class Metrics:
         )
         self.db_flushes = Counter("cunxiang_db_flushes_total", "Batched database writes", registry=r)
         self.db_flush_errors = Counter("cunxiang_db_flush_errors_total", "Failed batched writes", registry=r)
+        self.db_rows_refused = Counter(
+            "cunxiang_db_rows_refused_total",
+            "Rows the database refused outright and that were dropped",
+            registry=r,
+        )
         self.db_flush_rows = Histogram(
             "cunxiang_db_flush_rows",
             "Rows written per batched write",

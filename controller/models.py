@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -58,7 +58,7 @@ class Terminal(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=100)
     presence: str = Field(default="unknown", max_length=16)
     presence_since: datetime | None = _utc_column(default=None)
-    session: int | None = None
+    session: int | None = Field(default=None, sa_type=BigInteger)
     firmware: str | None = Field(default=None, max_length=64)
     created_at: datetime = _utc_column(default_factory=now_utc)
 

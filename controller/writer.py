@@ -3,7 +3,9 @@
 The MQTT hot path never waits for the database: trackers record row updates here in memory, and
 `run` writes them every `interval` seconds (sooner when `max_rows` are waiting) in one transaction
 of executemany UPDATEs. One writer thread also means SQLite never sees two of our writers at once.
-A failed write keeps its rows for the next attempt, merged under anything newer.
+A write that fails for a passing reason (connection lost, database locked) keeps its rows for the
+next attempt, merged under anything newer. A row the database refuses outright (a value out of
+range, a broken constraint) is written alone, logged and dropped, so it cannot block every other row.
 """
 
 import asyncio
@@ -13,7 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, and_, bindparam, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, update
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlmodel import Session
 
 from controller.metrics import Metrics
@@ -104,19 +107,36 @@ class DbWriter:
         self._count = sum(len(rows) for rows in self._pending.values())
 
     def _write(self, batch: Pending) -> None:
-        with self.engine.begin() as connection:
-            for table, rows in batch.items():
-                pk = [column.name for column in table.primary_key.columns]
-                by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-                for key, values in rows.items():
-                    shape = tuple(sorted(values))
-                    params = {f"k_{name}": part for name, part in zip(pk, key, strict=True)}
-                    params.update({f"v_{name}": value for name, value in values.items()})
-                    by_shape.setdefault(shape, []).append(params)
-                for shape, params_list in by_shape.items():
-                    statement = (
-                        update(table)
-                        .where(and_(*(table.c[name] == bindparam(f"k_{name}") for name in pk)))
-                        .values({name: bindparam(f"v_{name}") for name in shape})
-                    )
-                    connection.execute(statement, params_list)
+        try:
+            with self.engine.begin() as connection:
+                for table, rows in batch.items():
+                    _update_rows(connection, table, rows)
+        except (DataError, IntegrityError):
+            self._write_row_by_row(batch)
+
+    def _write_row_by_row(self, batch: Pending) -> None:
+        for table, rows in batch.items():
+            for key, values in rows.items():
+                try:
+                    with self.engine.begin() as connection:
+                        _update_rows(connection, table, {key: values})
+                except (DataError, IntegrityError) as exc:
+                    self._metrics.db_rows_refused.inc()
+                    log.error("database refused %s row %s %s; dropped: %s", table.name, key, values, exc.orig)
+
+
+def _update_rows(connection: Connection, table: Table, rows: dict[Key, dict[str, Any]]) -> None:
+    """UPDATE rows by primary key, one executemany per set of columns."""
+    pk = [column.name for column in table.primary_key.columns]
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for key, values in rows.items():
+        params = {f"k_{name}": part for name, part in zip(pk, key, strict=True)}
+        params.update({f"v_{name}": value for name, value in values.items()})
+        by_shape.setdefault(tuple(sorted(values)), []).append(params)
+    for shape, params_list in by_shape.items():
+        statement = (
+            update(table)
+            .where(and_(*(table.c[name] == bindparam(f"k_{name}") for name in pk)))
+            .values({name: bindparam(f"v_{name}") for name in shape})
+        )
+        connection.execute(statement, params_list)

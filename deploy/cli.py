@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return load_regions(settings, args.csv)
     from bench.fanout import run_fanout_cli
 
-    return run_fanout_cli(args)
+    return int(run_fanout_cli(args))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import logging
 import sys
 import time
 
+from api.app import create_app
 from controller.embedded_broker import free_port, port_is_free
 from controller.regions import villages_under
 from controller.service import Controller
@@ -31,13 +32,14 @@ async def run_demo(settings: Settings, port: int, region: str, per_village: int,
         )
         settings = settings.model_copy(update={"embedded_broker_port": broker_port})
     port = _port(settings.http_host, port, "the web API")
-    server = http_server(settings, settings.http_host, port)
+    app = create_app(settings)
+    server = http_server(app, settings.http_host, port)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
             return 1
         await asyncio.sleep(0.05)
-    controller: Controller = server.config.app.state.controller
+    controller: Controller = app.state.controller
     simulator = None
     try:
         simulator = await _start_simulated_county(controller, region, per_village, playback)

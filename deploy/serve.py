@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 from sqlmodel import Session
 
 from api.app import create_app
@@ -16,17 +17,14 @@ from controller.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def http_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on"
-    )
+def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     return uvicorn.Server(config)
 
 
 async def run_server(settings: Settings, host: str | None, port: int | None) -> int:
-    server = http_server(
-        settings, host or settings.http_host, port if port is not None else settings.http_port
-    )
+    app = create_app(settings)
+    server = http_server(app, host or settings.http_host, port if port is not None else settings.http_port)
     try:
         await server.serve()
     except BrokerStartError as exc:

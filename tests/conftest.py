@@ -1,0 +1,123 @@
+"""Real parts for tests: an MQTT broker over TCP, a database, a live HTTP server.
+
+- `embedded_broker`: the controller's own embedded broker (amqtt), one per test session, on a free port.
+- `mosquitto_url`: a Mosquitto started for the session on a free port (skipped where not installed).
+- `database_url`: a fresh SQLite file, and a fresh PostgreSQL database when
+  CUNXIANG_TEST_POSTGRES_URL is set (tests using it then run once on each).
+Each test gets its own topic prefix and controller id, so tests sharing a broker never see each
+other's retained messages.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from controller.embedded_broker import EmbeddedBroker, free_port
+from controller.settings import Settings, load_settings
+from tests.live import LiveServer
+
+POSTGRES_URL = os.environ.get("CUNXIANG_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def _mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+@pytest.fixture(scope="session")
+def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = _mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    config = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\n"
+    )
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail(f"mosquitto did not start: {process.stderr.read() if process.stderr else ''}")
+    yield f"mqtt://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cunxiang.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("CUNXIANG_TEST_POSTGRES_URL is not set")
+    name = f"cx_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_psycopg(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cunxiang.db'}"
+
+
+def _psycopg(url: str) -> str:
+    return "postgresql+psycopg://" + url.split("://", 1)[1]
+
+
+def make_settings(database_url: str, broker_url: str, **overrides: object) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "mqtt_url": broker_url,
+        "controller_id": f"test-{tag}",
+        "topic_prefix": f"t{tag}",
+        "expiry_sweep_interval_s": 0.2,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str, embedded_broker: EmbeddedBroker) -> Settings:
+    return make_settings(database_url, embedded_broker.url)
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[LiveServer]:
+    server = LiveServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,114 @@
+"""A live Cunxiang server inside the test's event loop, spoken to over real HTTP."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from api.app import create_app
+from controller.embedded_broker import free_port
+from controller.service import Controller
+from controller.settings import Settings
+from deploy.serve import http_server
+from devices.topics import TopicScheme
+from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
+from simulator.runner import Fleet
+
+
+class LiveServer:
+    """uvicorn + the app (and so the controller) on a free port; `http` is a client bound to it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.server = http_server(self.app, "127.0.0.1", self.port)
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def controller(self) -> Controller:
+        controller: Controller = self.app.state.controller
+        return controller
+
+    @property
+    def topics(self) -> TopicScheme:
+        return self.settings.topics
+
+    async def start(self) -> None:
+        self.server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+        self._task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("server stopped during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 30)
+
+    async def register(self, specs: list[SimulatedSpec]) -> None:
+        body = [{"id": s.terminal_id, "region": s.region} for s in specs]
+        response = await self.http.post("/api/v1/terminals", json=body)
+        assert response.status_code == 200, response.text
+
+    async def send(self, **body: Any) -> dict[str, Any]:
+        response = await self.http.post("/api/v1/broadcasts", json=body)
+        assert response.status_code == 201, response.text
+        accepted: dict[str, Any] = response.json()
+        return accepted
+
+    async def report(self, broadcast_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v1/broadcasts/{broadcast_id}")
+        assert response.status_code == 200, response.text
+        report: dict[str, Any] = response.json()
+        return report
+
+    async def report_when(
+        self, broadcast_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 30
+    ) -> dict[str, Any]:
+        """Poll the report until `done(report)`; fail with the last report on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = await self.report(broadcast_id)
+            if done(report):
+                return report
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; last report: {report}")
+            await asyncio.sleep(0.1)
+
+    def fleet(self, specs: list[SimulatedSpec], **behaviour: Any) -> Fleet:
+        broker = self.controller.bus
+        assert broker is not None
+        return Fleet(
+            specs,
+            broker.address.host,
+            broker.address.port,
+            self.topics,
+            Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),
+        )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def specs_in(villages: list[str], per_village: int = 1) -> list[SimulatedSpec]:
+    return fleet_for_villages(villages, per_village)
