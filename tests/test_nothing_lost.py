@@ -1,0 +1,60 @@
+"""An accepted alert is never lost: not when the broker is away, not when the controller restarts."""
+
+from controller.embedded_broker import EmbeddedBroker, free_port
+from controller.regions import villages_under
+from tests.conftest import make_settings
+from tests.live import LiveServer, eventually, specs_in
+
+
+async def test_alert_accepted_while_broker_is_down_is_delivered_after_restart(sqlite_url: str) -> None:
+    port = free_port()
+    settings = make_settings(sqlite_url, f"mqtt://127.0.0.1:{port}")
+    first = LiveServer(settings)
+    await first.start()
+    try:
+        villages = await first.controller.writer.call(lambda s: villages_under(s, "421202103"))
+        specs = specs_in([v.code for v in villages], per_village=1)[:5]
+        await first.register(specs)
+        accepted = await first.send(kind="emergency", level=1, regions=["421202103"], text="山洪", expires_in=300)
+        assert accepted["state"] == "accepted"
+        report = await first.report(accepted["id"])
+        assert report["counts"]["pending"] == 5
+    finally:
+        await first.stop()
+
+    broker = EmbeddedBroker("127.0.0.1", port)
+    broker.start()
+    second = LiveServer(settings)
+    try:
+        await second.start()
+        async with second.fleet(specs):
+            report = await second.report_when(accepted["id"], lambda r: r["state"] == "finished")
+        assert report["counts"]["completed"] == 5
+    finally:
+        await second.stop()
+        broker.stop()
+
+
+async def test_controller_reconnecting_to_the_broker_republishes_what_is_unacknowledged(sqlite_url: str) -> None:
+    port = free_port()
+    broker = EmbeddedBroker("127.0.0.1", port)
+    broker.start()
+    live = LiveServer(make_settings(sqlite_url, f"mqtt://127.0.0.1:{port}"))
+    await live.start()
+    try:
+        villages = await live.controller.writer.call(lambda s: villages_under(s, "421202104"))
+        specs = specs_in([v.code for v in villages], per_village=1)[:3]
+        await live.register(specs)
+        broker.stop()
+        await eventually(lambda: not live.controller.connected)
+        accepted = await live.send(kind="notice", regions=["421202104"], text="通知", expires_in=300)
+        assert accepted["state"] == "accepted"
+        broker = EmbeddedBroker("127.0.0.1", port)
+        broker.start()
+        await eventually(lambda: live.controller.connected, timeout=40)
+        async with live.fleet(specs):
+            report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
+        assert report["counts"]["completed"] == 3
+    finally:
+        await live.stop()
+        broker.stop()
