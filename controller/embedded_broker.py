@@ -25,6 +25,9 @@ def _patched_broker_class() -> type[Any]:
     2. On every connect it sends the new client the retained messages matching *any* client's
        filter, so each terminal received every terminal's retained status (N² messages for N
        terminals). Only the client's own subscriptions should be served.
+
+    It also remembers every client connection, so that stopping the broker really drops them
+    (amqtt's shutdown can leave sockets open, and clients would not notice the broker is gone).
     """
     from amqtt.broker import Broker
 
@@ -39,6 +42,20 @@ def _patched_broker_class() -> type[Any]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._subscriptions = SnapshotDict()
+            self.client_writers: set[asyncio.StreamWriter] = set()
+
+        async def stream_connected(
+            self, reader: Any, writer: asyncio.StreamWriter, listener_name: str
+        ) -> None:
+            self.client_writers.add(writer)
+            try:
+                await super().stream_connected(reader, writer, listener_name)
+            finally:
+                self.client_writers.discard(writer)
+
+        def abort_connections(self) -> None:
+            for writer in list(self.client_writers):
+                writer.transport.abort()
 
         async def _publish_retained_messages_for_subscription(self, subscription: Any, session: Any) -> None:
             subscribers = self._subscriptions.get(subscription[0], ())
@@ -84,8 +101,19 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        if self.port == 0:
-            self.port = free_port(self.host)
+        """Listen on `port`; port 0 means any free port (retried if another process takes it first)."""
+        any_port = self.port == 0
+        for attempt in range(3 if any_port else 1):
+            if any_port:
+                self.port = free_port(self.host)
+            try:
+                self._start(timeout)
+                return
+            except BrokerStartError:
+                if attempt == 2 or not any_port:
+                    raise
+
+    def _start(self, timeout: float) -> None:
         if not port_is_free(self.host, self.port):
             raise BrokerStartError(f"port {self.port} on {self.host} is already in use")
         started: Future[None] = Future()
@@ -128,4 +156,8 @@ class EmbeddedBroker:
             return
         started.set_result(None)
         await self._stopped.wait()
-        await broker.shutdown()
+        broker.abort_connections()
+        try:
+            await asyncio.wait_for(broker.shutdown(), 5)
+        except Exception:
+            log.exception("embedded broker did not shut down cleanly")

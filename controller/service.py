@@ -189,6 +189,11 @@ class Controller:
         except ProtocolError as exc:
             self._reject(exc.reason, f"{topic}: {exc.detail}")
             return
+        except Exception:
+            # A defect of ours must cost one message, never the subscription loop.
+            log.exception("failed to handle MQTT message on %s", topic)
+            self.metrics.mqtt_rejected.labels("internal_error").inc()
+            return
         if rejection is not None:
             self._reject(rejection, topic)
 

@@ -5,7 +5,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from controller.settings import SettingsError, load_settings
+from controller.settings import Settings, SettingsError, load_settings
 from deploy.logs import setup_logging
 
 
@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
 
+    try:
+        return _run(args, settings)
+    except KeyboardInterrupt:
+        # Ctrl-C is how an operator stops `demo` and `serve`; uvicorn has shut down cleanly by now.
+        return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         from deploy.demo import run_demo
 

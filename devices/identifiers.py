@@ -3,8 +3,10 @@
 import re
 from enum import StrEnum
 
+# ASCII only ([0-9], not \d, which also matches full-width and other scripts' digits); used with
+# fullmatch, so a trailing newline is not accepted either.
 TERMINAL_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-REGION_CODE_PATTERN = r"^(?:\d{2}|\d{4}|\d{6}|\d{9}|\d{12})$"
+REGION_CODE_PATTERN = r"^(?:[0-9]{2}|[0-9]{4}|[0-9]{6}|[0-9]{9}|[0-9]{12})$"
 
 _TERMINAL_ID = re.compile(TERMINAL_ID_PATTERN)
 _REGION_CODE = re.compile(REGION_CODE_PATTERN)
@@ -32,12 +34,12 @@ _CODE_LENGTHS = sorted(_LEVEL_BY_LENGTH)
 
 def is_terminal_id(value: str) -> bool:
     """Homie-style ids: lowercase letters, digits and inner hyphens, at most 64 characters."""
-    return bool(_TERMINAL_ID.match(value))
+    return _TERMINAL_ID.fullmatch(value) is not None
 
 
 def is_region_code(value: str) -> bool:
     """National statistical division codes: 2, 4, 6, 9 or 12 digits (province to village)."""
-    return bool(_REGION_CODE.match(value))
+    return _REGION_CODE.fullmatch(value) is not None
 
 
 def region_level(code: str) -> RegionLevel:

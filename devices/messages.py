@@ -17,6 +17,7 @@ from devices.identifiers import REGION_CODE_PATTERN, TERMINAL_ID_PATTERN
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
+DETAIL_MAX = 500
 
 TerminalId = Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
 RegionCode = Annotated[str, Field(pattern=REGION_CODE_PATTERN)]
@@ -82,7 +83,11 @@ class Command(WireModel):
         return self
 
     def canonical_bytes(self) -> bytes:
-        """The bytes a signature will cover: sorted keys, no spaces, UTF-8, times as sent."""
+        """The bytes a signature will cover: sorted keys, no spaces, UTF-8, absent members left out.
+
+        Computed from the decoded values, so a time sent as `+00:00` and one sent as `Z` give the
+        same bytes: signer and verifier agree however a relay re-serialised the JSON.
+        """
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
 
@@ -118,7 +123,7 @@ class Ack(WireModel):
     terminal_id: TerminalId
     stage: AckStage
     reason: AckReason | None = None
-    detail: Annotated[str, Field(max_length=500)] | None = None
+    detail: Annotated[str, Field(max_length=DETAIL_MAX)] | None = None
     by: CommandId | None = None
     at: AwareDatetime
 
@@ -213,13 +218,17 @@ M = TypeVar("M", bound=WireModel)
 def decode(model: type[M], payload: bytes | bytearray | str) -> M:
     """Decode a payload; raises PayloadError with a metric-safe `reason` and a readable detail."""
     try:
-        data = json.loads(payload)
+        text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
+        data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError("bad_json", f"payload is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("bad_json", "payload nests too deeply") from None
     if not isinstance(data, dict):
         raise PayloadError("bad_payload", "payload is not a JSON object")
-    if data.get("v") != PROTOCOL_VERSION:
-        raise PayloadError("unsupported_version", f"protocol version {data.get('v')!r}, expected 1")
+    version = data.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise PayloadError("unsupported_version", f"protocol version {str(version)[:20]!r}, expected 1")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

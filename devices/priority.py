@@ -46,13 +46,13 @@ _ISSUER_SPAN = 10
 
 def class_rank(kind: BroadcastKind, level: EmergencyLevel | None) -> int:
     """0 for a programme, 1 for a notice, 2 (level IV) to 5 (level I) for an emergency."""
-    if kind is BroadcastKind.EMERGENCY:
+    if kind == BroadcastKind.EMERGENCY:
         if level is None:
             raise ValueError("an emergency needs a level (1-4)")
         return 6 - int(level)
     if level is not None:
         raise ValueError(f"a {kind} has no emergency level")
-    return 1 if kind is BroadcastKind.NOTICE else 0
+    return 1 if kind == BroadcastKind.NOTICE else 0
 
 
 def command_priority(kind: BroadcastKind, level: EmergencyLevel | None, issuer_region: str) -> int:

@@ -20,7 +20,7 @@ from datetime import datetime
 from pydantic import TypeAdapter
 
 from devices.errors import PayloadError
-from devices.messages import Ack, AckReason, AckStage, Command, CommandId, decode
+from devices.messages import DETAIL_MAX, Ack, AckReason, AckStage, Command, CommandId, decode
 
 _COMMAND_ID: TypeAdapter[str] = TypeAdapter(CommandId)
 
@@ -51,6 +51,9 @@ class TerminalCore:
             command_id = _salvage_id(payload)
             if command_id is None:
                 return Step()
+            previous = self._last_ack.get(command_id)
+            if previous is not None:
+                return Step(acks=(previous,))
             reason = (
                 AckReason.UNSUPPORTED_VERSION
                 if exc.reason == "unsupported_version"
@@ -122,6 +125,8 @@ class TerminalCore:
         detail: str | None = None,
         by: str | None = None,
     ) -> Ack:
+        if detail is not None and len(detail) > DETAIL_MAX:
+            detail = detail[: DETAIL_MAX - 1] + "…"
         ack = Ack(
             command_id=command_id,
             terminal_id=self.terminal_id,
@@ -133,8 +138,11 @@ class TerminalCore:
         )
         self._last_ack[command_id] = ack
         self._last_ack.move_to_end(command_id)
+        playing = self.current.id if self.current is not None else None
         while len(self._last_ack) > self.remember:
-            self._last_ack.popitem(last=False)
+            oldest, oldest_ack = self._last_ack.popitem(last=False)
+            if oldest == playing:
+                self._last_ack[oldest] = oldest_ack
         return ack
 
 
@@ -143,5 +151,5 @@ def _salvage_id(payload: bytes) -> str | None:
     try:
         data = json.loads(payload)
         return _COMMAND_ID.validate_python(data.get("id")) if isinstance(data, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None

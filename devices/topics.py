@@ -40,7 +40,7 @@ class TopicScheme:
     prefix: str = "cx"
 
     def __post_init__(self) -> None:
-        if not _PREFIX.match(self.prefix):
+        if _PREFIX.fullmatch(self.prefix) is None:
             raise ValueError(f"topic prefix must match {_PREFIX.pattern}, got {self.prefix!r}")
 
     @property
@@ -71,9 +71,11 @@ class TopicScheme:
 
     def terminal_subscriptions(self, terminal_id: str, region_code: str) -> list[str]:
         """What a terminal subscribes to: its own command topic and its region's and every wider one."""
-        return [self.terminal_command(terminal_id)] + [
-            self.region_command(code) for code in region_ancestry(region_code)
-        ]
+        try:
+            ancestry = region_ancestry(region_code)
+        except ValueError:
+            raise TopicError("bad_region", f"not a region code: {region_code!r}") from None
+        return [self.terminal_command(terminal_id)] + [self.region_command(code) for code in ancestry]
 
     def controller_subscriptions(self) -> list[str]:
         """The controller's wildcard subscriptions: every terminal's status, heartbeats and acks."""

@@ -60,7 +60,7 @@ def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         time.sleep(0.05)
     else:
         process.kill()
-        pytest.fail(f"mosquitto did not start: {process.stderr.read() if process.stderr else ''}")
+        pytest.fail(f"mosquitto did not start: {process.stderr.read().decode() if process.stderr else ''}")
     yield f"mqtt://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)

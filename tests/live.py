@@ -1,6 +1,7 @@
 """A live Cunxiang server inside the test's event loop, spoken to over real HTTP."""
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -8,7 +9,6 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from controller.embedded_broker import free_port
 from controller.service import Controller
 from controller.settings import Settings
 from deploy.serve import http_server
@@ -23,7 +23,9 @@ class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.port = free_port()
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.server = http_server(self.app, "127.0.0.1", self.port)
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         self._task: asyncio.Task[None] | None = None
@@ -39,7 +41,7 @@ class LiveServer:
 
     async def start(self) -> None:
         self.server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-        self._task = asyncio.create_task(self.server.serve())
+        self._task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         deadline = time.monotonic() + 20
         while not self.server.started:
             if self._task.done():
@@ -54,6 +56,7 @@ class LiveServer:
         self.server.should_exit = True
         if self._task is not None:
             await asyncio.wait_for(self._task, 30)
+        self.socket.close()
 
     async def register(self, specs: list[SimulatedSpec]) -> None:
         body = [{"id": s.terminal_id, "region": s.region} for s in specs]
@@ -93,7 +96,7 @@ class LiveServer:
             broker.address.host,
             broker.address.port,
             self.topics,
-            Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),
+            Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),  # type: ignore[arg-type]
         )
 
 

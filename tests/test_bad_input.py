@@ -1,4 +1,4 @@
-"""Bad input gets a clear error or is counted and ignored; it never stops the controller or corrupts a record."""
+"""Bad input gets a clear error or is counted and ignored; it never stops the controller."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +35,12 @@ async def publish_raw(live: LiveServer, messages: list[tuple[str, bytes]]) -> No
 async def test_malformed_and_unknown_mqtt_messages_are_counted_and_ignored(live: LiveServer) -> None:
     topics = live.topics
     someone = "sim-421202100200-9"
-    stranger_ack = Ack(command_id="20261127T000000-000000000000", terminal_id=someone, stage=AckStage.RECEIVED,
-                       at=datetime.now(UTC))
+    stranger_ack = Ack(
+        command_id="20261127T000000-000000000000",
+        terminal_id=someone,
+        stage=AckStage.RECEIVED,
+        at=datetime.now(UTC),
+    )
     await publish_raw(
         live,
         [
@@ -46,19 +50,32 @@ async def test_malformed_and_unknown_mqtt_messages_are_counted_and_ignored(live:
             (topics.terminal_ack(someone), b'{"v": 1, "stage": "received"}'),
             (topics.terminal_ack(someone), encode(stranger_ack)),
             (topics.terminal_ack("sim-other-1"), encode(stranger_ack)),
-            (topics.terminal_status(someone), b'{"v": 1, "terminal_id": "' + someone.encode() + b'", '
-             b'"state": "online", "session": 1, "region": "421202100200", "at": "2026-11-27T00:00:00Z"}'),
+            (
+                topics.terminal_status(someone),
+                b'{"v": 1, "terminal_id": "' + someone.encode() + b'", '
+                b'"state": "online", "session": 1, "region": "421202100200", "at": "2026-11-27T00:00:00Z"}',
+            ),
             (f"{topics.root}/terminal/NOT_VALID/ack", b"{}"),
         ],
     )
 
     async def counted() -> bool:
         text = await metrics_text(live)
-        return sum(
-            metric(text, "cunxiang_mqtt_messages_rejected_total", reason=r)
-            for r in ("bad_json", "bad_payload", "unsupported_version", "unknown_command", "terminal_mismatch",
-                      "unknown_terminal", "bad_terminal_id")
-        ) == 8
+        return (
+            sum(
+                metric(text, "cunxiang_mqtt_messages_rejected_total", reason=r)
+                for r in (
+                    "bad_json",
+                    "bad_payload",
+                    "unsupported_version",
+                    "unknown_command",
+                    "terminal_mismatch",
+                    "unknown_terminal",
+                    "bad_terminal_id",
+                )
+            )
+            == 8
+        )
 
     await eventually(counted)
     text = await metrics_text(live)
@@ -73,7 +90,9 @@ async def test_malformed_and_unknown_mqtt_messages_are_counted_and_ignored(live:
     specs = specs_in(["421202100001"])
     await live.register(specs)
     async with live.fleet(specs):
-        accepted = await live.send(kind="notice", regions=["421202100001"], text="still working", expires_in=60)
+        accepted = await live.send(
+            kind="notice", regions=["421202100001"], text="still working", expires_in=60
+        )
         report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
     assert report["counts"]["completed"] == 1
 
@@ -101,10 +120,16 @@ async def test_qos1_duplicate_of_a_live_delivery_is_ignored_and_counted(live: Li
     specs = specs_in(["421202100005", "421202100236"])
     await live.register(specs)
     async with live.fleet(specs[:1]):
-        accepted = await live.send(kind="notice", regions=["421202100005", "421202100236"], text="x", expires_in=60)
+        accepted = await live.send(
+            kind="notice", regions=["421202100005", "421202100236"], text="x", expires_in=60
+        )
         await live.report_when(accepted["id"], lambda r: r["counts"]["completed"] == 1)
-        done = Ack(command_id=accepted["id"], terminal_id=specs[0].terminal_id, stage=AckStage.COMPLETED,
-                   at=datetime.now(UTC))
+        done = Ack(
+            command_id=accepted["id"],
+            terminal_id=specs[0].terminal_id,
+            stage=AckStage.COMPLETED,
+            at=datetime.now(UTC),
+        )
         await publish_raw(live, [(live.topics.terminal_ack(specs[0].terminal_id), encode(done))])
 
         async def ignored() -> bool:
@@ -136,7 +161,13 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
 async def test_invalid_broadcast_request_gets_422_saying_what_is_wrong(
     live: LiveServer, case: str, change: dict[str, Any], message: str
 ) -> None:
-    body: dict[str, Any] = {"kind": "emergency", "level": 2, "regions": ["421202"], "text": "t", "expires_in": 60}
+    body: dict[str, Any] = {
+        "kind": "emergency",
+        "level": 2,
+        "regions": ["421202"],
+        "text": "t",
+        "expires_in": 60,
+    }
     body.update(change)
     body = {k: v for k, v in body.items() if v is not None}
     response = await live.http.post("/api/v1/broadcasts", json=body)
@@ -157,6 +188,8 @@ async def test_registering_a_terminal_in_an_unknown_region_is_refused(live: Live
 
 
 async def test_expires_at_given_in_beijing_time_is_honoured(live: LiveServer) -> None:
-    beijing = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai")) + timedelta(minutes=5)
+    beijing = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai")) + timedelta(
+        minutes=5
+    )
     accepted = await live.send(kind="notice", regions=["421202"], text="t", expires_at=beijing.isoformat())
     assert datetime.fromisoformat(accepted["expires_at"]) == beijing.replace(microsecond=beijing.microsecond)

@@ -15,7 +15,9 @@ async def test_alert_accepted_while_broker_is_down_is_delivered_after_restart(sq
         villages = await first.controller.writer.call(lambda s: villages_under(s, "421202103"))
         specs = specs_in([v.code for v in villages], per_village=1)[:5]
         await first.register(specs)
-        accepted = await first.send(kind="emergency", level=1, regions=["421202103"], text="山洪", expires_in=300)
+        accepted = await first.send(
+            kind="emergency", level=1, regions=["421202103"], text="山洪", expires_in=300
+        )
         assert accepted["state"] == "accepted"
         report = await first.report(accepted["id"])
         assert report["counts"]["pending"] == 5
@@ -35,7 +37,9 @@ async def test_alert_accepted_while_broker_is_down_is_delivered_after_restart(sq
         broker.stop()
 
 
-async def test_controller_reconnecting_to_the_broker_republishes_what_is_unacknowledged(sqlite_url: str) -> None:
+async def test_controller_reconnecting_to_the_broker_republishes_what_is_unacknowledged(
+    sqlite_url: str,
+) -> None:
     port = free_port()
     broker = EmbeddedBroker("127.0.0.1", port)
     broker.start()

@@ -27,7 +27,8 @@ def test_document_example_is_a_valid_message(model_name: str, body: str) -> None
 
 def test_every_wire_message_has_an_example_in_the_document() -> None:
     wire_models = {
-        name for name, value in vars(messages).items()
+        name
+        for name, value in vars(messages).items()
         if isinstance(value, type) and issubclass(value, WireModel) and value is not WireModel
     }
     assert wire_models == {name for name, _ in examples()}

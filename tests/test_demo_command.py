@@ -1,0 +1,99 @@
+"""`cunxiang demo` works as the README says, even when ports 1883 and 8000 are taken."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from controller.embedded_broker import free_port
+
+
+def occupied_port() -> socket.socket:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", free_port()))
+    holder.listen()
+    return holder
+
+
+def test_demo_picks_free_ports_and_an_alert_reaches_the_simulated_terminals(tmp_path: Path) -> None:
+    with occupied_port() as http_holder, occupied_port() as mqtt_holder:
+        http_port, mqtt_port = http_holder.getsockname()[1], mqtt_holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUNXIANG_")}
+        env["CUNXIANG_EMBEDDED_BROKER_PORT"] = str(mqtt_port)
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "demo",
+                "--port",
+                str(http_port),
+                "--region",
+                "421202100",
+                "--playback",
+                "0.5",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            lines = follow(demo)
+            output = wait_for(lines, demo, "Press Ctrl-C", timeout=90)
+            assert f"port {mqtt_port} is taken" in output
+            assert f"port {http_port} is taken" in output
+            base = re.search(r"API docs\s+(http://\S+)/docs", output).group(1)  # type: ignore[union-attr]
+            curl = re.search(r"curl -s -X POST .* -d '(\{.*\})'", output).group(1)  # type: ignore[union-attr]
+            accepted = httpx.post(
+                f"{base}/api/v1/broadcasts",
+                content=curl,
+                headers={"content-type": "application/json"},
+                timeout=30,
+            ).json()
+            assert accepted["terminals"] > 10
+            deadline = time.monotonic() + 60
+            while (report := httpx.get(f"{base}/api/v1/broadcasts/{accepted['id']}").json())[
+                "state"
+            ] != "finished":
+                assert time.monotonic() < deadline, report
+                time.sleep(0.2)
+            assert report["counts"]["completed"] == accepted["terminals"]
+        finally:
+            demo.send_signal(signal.SIGINT)
+            demo.wait(timeout=60)
+    assert demo.returncode == 0
+    wait_for(lines, demo, "Application shutdown complete", timeout=5)
+    assert "Traceback" not in "".join(lines)
+    assert (tmp_path / "cunxiang.db").exists()
+
+
+def follow(process: subprocess.Popen[str]) -> list[str]:
+    """The process's output lines, collected on a thread so a silent process cannot hang the test."""
+    lines: list[str] = []
+    stream = process.stdout
+    assert stream is not None
+
+    def pump() -> None:
+        for line in iter(stream.readline, ""):
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def wait_for(lines: list[str], process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while not any(marker in line for line in list(lines)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} from the demo (exit {process.poll()}):\n" + "".join(lines))
+        time.sleep(0.1)
+    return "".join(lines)
