@@ -35,7 +35,7 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
     broker.stop()
 
 
-def _mosquitto_binary() -> str | None:
+def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
     )
@@ -43,7 +43,7 @@ def _mosquitto_binary() -> str | None:
 
 @pytest.fixture(scope="session")
 def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = _mosquitto_binary()
+    binary = mosquitto_binary()
     if binary is None:
         pytest.skip("mosquitto is not installed")
     port = free_port()

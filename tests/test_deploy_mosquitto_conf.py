@@ -1,0 +1,65 @@
+"""deploy/mosquitto.conf is a working Mosquitto configuration, and the controller logs in to it."""
+
+import getpass
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.embedded_broker import free_port
+from tests.conftest import make_settings, mosquitto_binary
+from tests.live import LiveServer
+
+CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
+
+
+@pytest.fixture
+def deployed_mosquitto(tmp_path: Path) -> tuple[str, int]:
+    binary = mosquitto_binary()
+    if binary is None or not Path("/usr/bin/mosquitto_passwd").exists():
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    passwords = tmp_path / "cunxiang.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "cunxiang", "s3cret/ä"], check=True)
+    conf = (
+        CONF.read_text()
+        .replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
+        .replace("/etc/mosquitto/cunxiang.passwd", str(passwords))
+        .replace("/var/lib/mosquitto/", f"{tmp_path}/")
+        .replace("log_dest syslog", "log_dest stderr")
+        # Run as whoever runs the tests: as root, Mosquitto would drop to a user who cannot read tmp_path.
+        + f"\nuser {getpass.getuser()}\n"
+    )
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    process = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    yield "127.0.0.1", port  # type: ignore[misc]
+    process.terminate()
+    process.wait(10)
+
+
+async def test_controller_logs_in_to_the_deployed_config_with_a_password(
+    deployed_mosquitto: tuple[str, int], sqlite_url: str
+) -> None:
+    host, port = deployed_mosquitto
+    live = LiveServer(make_settings(sqlite_url, f"mqtt://cunxiang:s3cret%2F%C3%A4@{host}:{port}"))
+    await live.start()
+    try:
+        assert live.controller.connected
+    finally:
+        await live.stop()
+
+
+async def test_anonymous_client_is_refused_by_the_deployed_config(
+    deployed_mosquitto: tuple[str, int], sqlite_url: str
+) -> None:
+    host, port = deployed_mosquitto
+    live = LiveServer(make_settings(sqlite_url, f"mqtt://{host}:{port}"))
+    await live.start()
+    try:
+        assert not live.controller.connected
+        assert (await live.http.get("/healthz")).status_code == 503
+    finally:
+        await live.stop()
