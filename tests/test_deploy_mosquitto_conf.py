@@ -1,6 +1,7 @@
 """deploy/mosquitto.conf is a working Mosquitto configuration, and the controller logs in to it."""
 
 import getpass
+from collections.abc import Iterator
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
 
 
 @pytest.fixture
-def deployed_mosquitto(tmp_path: Path) -> tuple[str, int]:
+def deployed_mosquitto(tmp_path: Path) -> Iterator[tuple[str, int]]:
     binary = mosquitto_binary()
     if binary is None or not Path("/usr/bin/mosquitto_passwd").exists():
         pytest.skip("mosquitto is not installed")
@@ -35,7 +36,7 @@ def deployed_mosquitto(tmp_path: Path) -> tuple[str, int]:
     process = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
     time.sleep(0.5)
     assert process.poll() is None, process.stderr.read() if process.stderr else ""
-    yield "127.0.0.1", port  # type: ignore[misc]
+    yield "127.0.0.1", port
     process.terminate()
     process.wait(10)
 
