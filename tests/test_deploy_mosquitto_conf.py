@@ -1,9 +1,9 @@
 """deploy/mosquitto.conf is a working Mosquitto configuration, and the controller logs in to it."""
 
 import getpass
-from collections.abc import Iterator
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
