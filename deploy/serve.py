@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from api.app import create_app
 from controller.db import init_schema, make_engine
-from controller.embedded_broker import BrokerStartError
+from controller.embedded_broker import port_is_free
 from controller.regions import DivisionsError, load_divisions_file
 from controller.settings import Settings
 
@@ -23,17 +23,18 @@ def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
 
 
 async def run_server(settings: Settings, host: str | None, port: int | None) -> int:
-    app = create_app(settings)
-    server = http_server(app, host or settings.http_host, port if port is not None else settings.http_port)
-    try:
-        await server.serve()
-    except BrokerStartError as exc:
+    broker_port = settings.embedded_broker_port
+    if settings.embedded_broker and not port_is_free(settings.embedded_broker_host, broker_port):
         print(
-            f"cannot start the embedded MQTT broker: {exc}; set CUNXIANG_EMBEDDED_BROKER_PORT or "
-            "CUNXIANG_MQTT_URL",
+            f"cannot start the embedded MQTT broker: port {broker_port} is in use (another broker?). "
+            f"Set CUNXIANG_MQTT_URL=mqtt://127.0.0.1:{broker_port} to use that broker, or "
+            "CUNXIANG_EMBEDDED_BROKER_PORT to another port.",
             file=sys.stderr,
         )
         return 1
+    app = create_app(settings)
+    server = http_server(app, host or settings.http_host, port if port is not None else settings.http_port)
+    await server.serve()
     return 0 if server.started else 1
 
 

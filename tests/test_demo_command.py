@@ -97,3 +97,21 @@ def wait_for(lines: list[str], process: subprocess.Popen[str], marker: str, time
             raise AssertionError(f"no {marker!r} from the demo (exit {process.poll()}):\n" + "".join(lines))
         time.sleep(0.1)
     return "".join(lines)
+
+
+def test_serve_with_the_embedded_broker_port_taken_says_so_and_exits_1(tmp_path: Path) -> None:
+    with occupied_port() as holder:
+        taken = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUNXIANG_")}
+        env["CUNXIANG_EMBEDDED_BROKER_PORT"] = str(taken)
+        result = subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "serve", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {taken} is in use" in result.stderr
+    assert "Traceback" not in result.stderr
