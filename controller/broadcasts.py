@@ -65,6 +65,8 @@ def new_broadcast_id(now: datetime) -> str:
 def build_command(
     request: BroadcastRequest, *, broadcast_id: str, issuer_region: str, now: datetime, max_expires_in: int
 ) -> Command:
+    if request.expires_in is not None and request.expires_in > max_expires_in:
+        raise BroadcastRejected(f"the expiry is more than {max_expires_in} s away")
     expires_at = request.expires_at or now + timedelta(seconds=request.expires_in or 0)
     if expires_at <= now:
         raise BroadcastRejected(f"the expiry {expires_at.isoformat()} is in the past")
@@ -133,13 +135,14 @@ def accept(session: Session, request: BroadcastRequest, command: Command) -> tup
 
 def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, DeliveryState]]]:
     """Broadcasts not yet over, with their delivery states, for a controller that (re)starts."""
-    broadcasts = session.exec(
-        select(Broadcast).where(col(Broadcast.state).in_([BroadcastState.ACCEPTED, BroadcastState.ACTIVE]))
+    live = [BroadcastState.ACCEPTED, BroadcastState.ACTIVE]
+    broadcasts = session.exec(select(Broadcast).where(col(Broadcast.state).in_(live))).all()
+    states: dict[str, dict[str, DeliveryState]] = {b.id: {} for b in broadcasts}
+    rows = session.exec(
+        select(Delivery.broadcast_id, Delivery.terminal_id, Delivery.state)
+        .join(Broadcast)
+        .where(col(Broadcast.state).in_(live))
     ).all()
-    result = []
-    for broadcast in broadcasts:
-        rows = session.exec(
-            select(Delivery.terminal_id, Delivery.state).where(Delivery.broadcast_id == broadcast.id)
-        ).all()
-        result.append((broadcast, {terminal: DeliveryState(state) for terminal, state in rows}))
-    return result
+    for broadcast_id, terminal_id, state in rows:
+        states[broadcast_id][terminal_id] = DeliveryState(state)
+    return [(broadcast, states[broadcast.id]) for broadcast in broadcasts]

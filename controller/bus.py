@@ -8,15 +8,15 @@ controller only sees `await bus.publish(...)` and that callback.
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 from controller.metrics import Metrics
+from devices.backoff import reconnect_delay
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class MqttBus:
         status_payload: StatusPayload,
         subscriptions: list[str],
         on_message: Callable[[str, bytes], None],
-        on_connected: Callable[[], Awaitable[None]],
+        on_connected: Callable[[], None],
         metrics: Metrics,
         keepalive: int = 30,
     ) -> None:
@@ -84,7 +84,6 @@ class MqttBus:
         self._session = 0
         self._connected = asyncio.Event()
         self._closing = False
-        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -138,20 +137,22 @@ class MqttBus:
                     self._metrics.mqtt_connected.set(1)
                     self._connected.set()
                     log.info("connected to MQTT broker %s as %s", self.address, self._client_id)
-                    self._spawn(self._on_connected())
+                    self._on_connected()
                     async for message in client.messages:
                         self._on_message(str(message.topic), bytes(message.payload))
-            except aiomqtt.MqttError as exc:
+            except Exception as exc:
+                if not isinstance(exc, aiomqtt.MqttError):
+                    log.exception("unexpected error in the MQTT session")
                 self._lost()
                 attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
+                delay = reconnect_delay(attempt)
                 log.warning("MQTT broker %s unavailable (%s); retrying in %.1f s", self.address, exc, delay)
                 await asyncio.sleep(delay)
             finally:
                 self._lost()
 
     async def close(self) -> None:
-        """Say goodbye (retained `offline`, so no will fires) and disconnect; `run` then ends."""
+        """Say goodbye (retained `offline`, so no will fires); cancelling `run` then disconnects cleanly."""
         self._closing = True
         client = self._client
         if client is not None:
@@ -172,14 +173,3 @@ class MqttBus:
         self._client = None
         self._connected.clear()
         self._metrics.mqtt_connected.set(0)
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await coroutine
-            except Exception:
-                log.exception("on-connect work failed")
-
-        task = asyncio.create_task(guarded())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

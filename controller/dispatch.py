@@ -1,84 +1,99 @@
-"""Getting commands to terminals: first publish, republish after a reconnect, and a terminal's return.
+"""Getting commands to terminals: the first publish, and sending again to whoever has not finished.
 
-One publish per target region reaches every terminal under it (the broker fans out). A terminal that
-comes back online while a live broadcast still waits for it gets the command on its own topic, and
-after the controller reconnects, whatever is still unacknowledged is published again (terminals
-de-duplicate by command id, so a second copy is harmless).
+The first delivery is one publish per target region: the broker fans it out to every terminal
+below. Later sends go to single terminals on their own topics, never to a whole region again: a
+terminal that already played an alert and has since rebooted (its de-duplication memory is RAM)
+would play it a second time. Terminals de-duplicate by command id and answer a repeat with their
+last acknowledgement, so sending again is how acknowledgements lost on the way are recovered too.
 """
 
+import asyncio
 import logging
 
 from controller.bus import BusUnavailable, MqttBus
-from controller.delivery import UNACKNOWLEDGED_STATES
 from controller.metrics import Metrics
-from controller.models import Broadcast, BroadcastState
+from controller.models import BroadcastState
 from controller.tracker import DeliveryTracker, LiveBroadcast
-from controller.writer import DbWriter
 from devices.messages import now_utc
 from devices.topics import TopicScheme
 
 log = logging.getLogger(__name__)
 
-# Below this many waiting terminals, republishing per terminal costs less broker work than a
-# region-wide publish that every terminal under the region would answer again.
-PER_TERMINAL_RESEND_LIMIT = 50
+PUBLISH_TIMEOUT_S = 5.0
+# Per-terminal sends in flight at once: enough to keep the broker busy, few enough that a
+# reconnect with a county's worth of unfinished deliveries does not flood the client's queue.
+RESEND_CONCURRENCY = 200
 
 
 class Dispatcher:
-    def __init__(
-        self, bus: MqttBus, tracker: DeliveryTracker, writer: DbWriter, topics: TopicScheme, metrics: Metrics
-    ) -> None:
+    def __init__(self, bus: MqttBus, tracker: DeliveryTracker, topics: TopicScheme, metrics: Metrics) -> None:
         self._bus = bus
         self._tracker = tracker
-        self._writer = writer
         self._topics = topics
         self._metrics = metrics
-        self._broadcasts = Broadcast.__table__  # type: ignore[attr-defined]
+        self._publishing: set[str] = set()
 
-    async def publish(self, live: LiveBroadcast) -> bool:
-        """Publish to every target region; on failure the deliveries stay pending for `resume`."""
+    async def publish(self, live: LiveBroadcast) -> None:
+        """First delivery to every target region; if the broker fails, `retry_unpublished` tries again."""
+        if live.open == 0 or live.id in self._publishing:
+            return
+        self._publishing.add(live.id)
         try:
-            for region in live.regions:
-                await self._bus.publish(self._topics.region_command(region), live.payload, qos=1)
-                self._metrics.mqtt_published.labels("region_command").inc()
+            await asyncio.gather(
+                *(
+                    self._bus.publish(
+                        self._topics.region_command(region), live.payload, timeout=PUBLISH_TIMEOUT_S
+                    )
+                    for region in live.regions
+                )
+            )
         except BusUnavailable as exc:
-            log.warning("broadcast %s not published yet (%s); will publish on reconnect", live.id, exc.reason)
-            return False
-        self._sent(live, None)
-        return True
+            log.warning("broadcast %s not published yet (%s); will try again", live.id, exc.reason)
+            return
+        finally:
+            self._publishing.discard(live.id)
+        self._metrics.mqtt_published.labels("region_command").inc(len(live.regions))
+        self._tracker.mark_sent(live, None, now_utc())
 
-    async def resume(self) -> None:
-        """After (re)connecting: publish again whatever live broadcast still waits for someone."""
-        now = now_utc()
-        for live in self._tracker.live():
-            waiting = [t for t, state in live.states.items() if state in UNACKNOWLEDGED_STATES]
-            if not waiting or now >= live.expires_at:
-                continue
-            if len(waiting) <= PER_TERMINAL_RESEND_LIMIT:
-                await self.send_to_terminals(live, waiting)
-            else:
+    async def retry_unpublished(self) -> None:
+        """Publish broadcasts whose first publish failed (called periodically while connected)."""
+        for live, _unfinished in self._tracker.unfinished(now_utc()):
+            if live.state is BroadcastState.ACCEPTED:
                 await self.publish(live)
 
+    async def resume(self) -> None:
+        """After (re)connecting: publish what never was; resend to every terminal not yet finished."""
+        for live, unfinished in self._tracker.unfinished(now_utc()):
+            if live.state is BroadcastState.ACCEPTED:
+                await self.publish(live)
+            elif unfinished:
+                await self.resend(live, unfinished)
+
     async def terminal_returned(self, terminal_id: str) -> None:
-        """A terminal's birth: send it every live broadcast it has not acknowledged."""
-        for broadcast_id in self._tracker.waiting_for(terminal_id):
-            live = self._tracker.get(broadcast_id)
-            if live is not None and now_utc() < live.expires_at:
-                await self.send_to_terminals(live, [terminal_id])
+        """A terminal's new birth: send it every live broadcast it has not finished."""
+        for live in self._tracker.unfinished_for(terminal_id, now_utc()):
+            await self.resend(live, [terminal_id])
 
-    async def send_to_terminals(self, live: LiveBroadcast, terminal_ids: list[str]) -> None:
-        sent = []
-        try:
-            for terminal_id in terminal_ids:
-                await self._bus.publish(self._topics.terminal_command(terminal_id), live.payload, qos=1)
-                self._metrics.mqtt_published.labels("terminal_command").inc()
-                sent.append(terminal_id)
-        except BusUnavailable as exc:
-            log.warning("broadcast %s: resend interrupted (%s)", live.id, exc.reason)
-        self._sent(live, sent)
+    async def resend(self, live: LiveBroadcast, terminal_ids: list[str]) -> None:
+        gate = asyncio.Semaphore(RESEND_CONCURRENCY)
 
-    def _sent(self, live: LiveBroadcast, terminal_ids: list[str] | None) -> None:
-        if self._tracker.get(live.id) is None:
-            return
-        self._writer.update(self._broadcasts, (live.id,), {"state": BroadcastState.ACTIVE.value})
-        self._tracker.mark_sent(live.id, terminal_ids, now_utc())
+        async def send(terminal_id: str) -> str | None:
+            async with gate:
+                try:
+                    await self._bus.publish(
+                        self._topics.terminal_command(terminal_id), live.payload, timeout=PUBLISH_TIMEOUT_S
+                    )
+                except BusUnavailable:
+                    return None
+                return terminal_id
+
+        sent = [t for t in await asyncio.gather(*(send(t) for t in terminal_ids)) if t is not None]
+        self._metrics.mqtt_published.labels("terminal_command").inc(len(sent))
+        if len(sent) < len(terminal_ids):
+            log.warning(
+                "broadcast %s: %d of %d resends failed",
+                live.id,
+                len(terminal_ids) - len(sent),
+                len(terminal_ids),
+            )
+        self._tracker.mark_sent(live, sent, now_utc())

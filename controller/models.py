@@ -88,6 +88,9 @@ class Delivery(SQLModel, table=True):
     state: str = Field(max_length=16)
     reason: str | None = Field(default=None, max_length=32)
     detail: str | None = Field(default=None, max_length=500)
+    by_command: str | None = Field(
+        default=None, max_length=64, description="the command that pre-empted or blocked it"
+    )
     updated_at: datetime = _utc_column()
     sent_at: datetime | None = _utc_column(default=None)
     received_at: datetime | None = _utc_column(default=None)

@@ -59,6 +59,9 @@ _WHY_BY_PRESENCE = {
 }
 
 
+_WHY_CUT_OFF = "controller is cut off from the MQTT broker; the terminal's state is unknown"
+
+
 def _bucket(region_code: str, targets: list[str]) -> str:
     """The region one level below the target that a terminal's region falls in."""
     for target in targets:
@@ -69,9 +72,16 @@ def _bucket(region_code: str, targets: list[str]) -> str:
 
 
 def broadcast_report(
-    session: Session, broadcast_id: str, presence_of: Callable[[str], str] | None = None
+    session: Session,
+    broadcast_id: str,
+    presence_of: Callable[[str], str] | None = None,
+    controller_connected: bool = True,
 ) -> BroadcastReport | None:
-    """The report of one broadcast; `presence_of` gives the live presence (else the stored one)."""
+    """The report of one broadcast; `presence_of` gives the live presence (else the stored one).
+
+    While the controller itself is cut off from the broker it cannot know who is online, and the
+    report says so instead of blaming the terminals.
+    """
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         return None
@@ -82,6 +92,7 @@ def broadcast_report(
             col(Delivery.state),
             col(Delivery.reason),
             col(Delivery.detail),
+            col(Delivery.by_command),
         )
         .where(col(Delivery.broadcast_id) == broadcast_id)
         .order_by(Delivery.terminal_id)
@@ -90,14 +101,18 @@ def broadcast_report(
     buckets: dict[str, dict[str, int]] = {}
     silent_ids: list[str] = []
     failures: list[SilentTerminal] = []
-    for terminal_id, region, state, reason, detail in rows:
+    for terminal_id, region, state, reason, detail, by_command in rows:
         counts[state] += 1
         bucket = buckets.setdefault(_bucket(region, broadcast.regions), zero_counts())
         bucket[state] += 1
         if state in UNACKNOWLEDGED_STATES or (state == DeliveryState.EXPIRED and reason is None):
             silent_ids.append(terminal_id)
         elif state in (DeliveryState.REJECTED, DeliveryState.FAILED, DeliveryState.PREEMPTED):
-            why = reason + (f": {detail}" if detail else "") if reason else state
+            why = (
+                (reason or state)
+                + (f": {detail}" if detail else "")
+                + (f" (by {by_command})" if by_command else "")
+            )
             failures.append(SilentTerminal(id=terminal_id, region=region, state=state, presence="", why=why))
     if presence_of is None:
         stored = _stored_presence(session, silent_ids + [f.id for f in failures])
@@ -116,7 +131,7 @@ def broadcast_report(
                 region=regions_of[terminal_id],
                 state=states_of[terminal_id],
                 presence=presence,
-                why=_WHY_BY_PRESENCE.get(presence, presence),
+                why=_WHY_BY_PRESENCE.get(presence, presence) if controller_connected else _WHY_CUT_OFF,
             )
         )
     for failure in failures:

@@ -2,14 +2,16 @@
 
 Start: schema and bundled regions, memory from the database (terminals, live broadcasts), the
 embedded broker if no broker is configured, then the MQTT session, the batched writer and the
-expiry sweep. Stop (uvicorn's order): refuse new broadcasts, flush acknowledgements, publish the
-controller's `offline` status, disconnect, flush again, close.
+expiry sweep. Stop, in uvicorn's order (stop taking work, drain, then close): refuse new
+broadcasts, publish the controller's `offline` status (so terminals see a goodbye, not a will),
+stop the tasks, let the writer finish and flush the rest, then close. Each step runs even if an
+earlier one failed, so a database error at shutdown cannot leave the MQTT session open.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -68,7 +70,8 @@ class Controller:
         self.bus: MqttBus | None = None
         self.dispatcher: Dispatcher | None = None
         self.accepting = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failed_tasks: list[str] = []
         self._background: set[asyncio.Task[None]] = set()
         self._rejections_logged: dict[str, float] = {}
 
@@ -97,10 +100,10 @@ class Controller:
             metrics=self.metrics,
             keepalive=self.settings.mqtt_keepalive_s,
         )
-        self.dispatcher = Dispatcher(self.bus, self.tracker, self.writer, self.topics, self.metrics)
-        self._run(self.bus.run())
-        self._run(self.writer.run())
-        self._run(self._sweep())
+        self.dispatcher = Dispatcher(self.bus, self.tracker, self.topics, self.metrics)
+        self._run("mqtt", self.bus.run())
+        self._run("db-writer", self.writer.run())
+        self._run("sweep", self._sweep())
         self.accepting = True
         if connect_timeout is not None:
             try:
@@ -112,17 +115,20 @@ class Controller:
 
     async def stop(self) -> None:
         self.accepting = False
-        await self.writer.flush()
         if self.bus is not None:
-            await self.bus.close()
-        for task in self._tasks + list(self._background):
+            await _step("say goodbye on MQTT", self.bus.close())
+        writer = self._tasks.pop("db-writer", None)
+        tasks = list(self._tasks.values()) + list(self._background)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        await self.writer.flush()
-        self.writer.close()
+        await _step("write the last acknowledgements", self.writer.stop())
+        if writer is not None:
+            await asyncio.gather(writer, return_exceptions=True)
+        await _step("close the database writer", self.writer.close())
         if self.broker is not None:
-            await asyncio.to_thread(self.broker.stop)
+            await _step("stop the embedded broker", asyncio.to_thread(self.broker.stop))
         self.engine.dispose()
 
     async def submit(self, request: BroadcastRequest) -> Broadcast:
@@ -148,15 +154,15 @@ class Controller:
             ",".join(broadcast.regions),
             len(terminals),
         )
-        if await self.dispatcher.publish(live):
-            broadcast.state = BroadcastState.ACTIVE
+        await self.dispatcher.publish(live)
+        broadcast.state = live.state
         return broadcast
 
     async def register(self, specs: list[TerminalSpec]) -> tuple[int, int]:
         """Register terminals (raises TerminalsRejected) and start tracking their presence."""
         counts = await self.writer.call(lambda session: register_terminals(session, specs))
         for spec in specs:
-            self.presence.register(spec.id, spec.region)
+            self.presence.register(spec.id)
         return counts
 
     def presence_of(self, terminal_id: str) -> str:
@@ -179,8 +185,9 @@ class Controller:
             elif parsed.channel is TerminalChannel.STATUS:
                 status = decode(TerminalStatus, payload)
                 self._check_sender(parsed.terminal_id, status.terminal_id)
-                rejection = self.presence.on_status(status, at)
-                if rejection is None and status.state is Presence.ONLINE and self.dispatcher is not None:
+                outcome = self.presence.on_status(status, at)
+                rejection = outcome.rejection
+                if outcome.new_birth and self.dispatcher is not None:
                     self._spawn(self.dispatcher.terminal_returned(status.terminal_id))
             else:
                 heartbeat = decode(Heartbeat, payload)
@@ -213,14 +220,20 @@ class Controller:
                 _REJECTION_LOG_INTERVAL_S,
             )
 
-    async def _on_connected(self) -> None:
+    def _on_connected(self) -> None:
         if self.dispatcher is not None:
-            await self.dispatcher.resume()
+            self._spawn(self.dispatcher.resume())
 
     async def _sweep(self) -> None:
+        """Expire what is due; retry first publishes that the broker did not take."""
         while True:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
-            self.tracker.sweep(now_utc())
+            try:
+                self.tracker.sweep(now_utc())
+                if self.connected and self.dispatcher is not None:
+                    await self.dispatcher.retry_unpublished()
+            except Exception:
+                log.exception("expiry sweep failed; trying again next round")
 
     def _status_payload(self, state: str, session: int) -> bytes:
         return encode(
@@ -233,20 +246,44 @@ class Controller:
         )
 
     async def _broker_address(self) -> BrokerAddress:
-        if self.settings.mqtt_url is not None:
+        if not self.settings.embedded_broker:
+            assert self.settings.mqtt_url is not None
             return BrokerAddress.from_url(self.settings.mqtt_url)
         self.broker = EmbeddedBroker(self.settings.embedded_broker_host, self.settings.embedded_broker_port)
         await asyncio.to_thread(self.broker.start)
         log.info("no CUNXIANG_MQTT_URL set: started the embedded MQTT broker (amqtt) on %s", self.broker.url)
         return BrokerAddress(self.broker.host, self.broker.port)
 
-    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.create_task(coroutine))
+    def _run(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        """A task that must live as long as the controller; its death is logged and fails /healthz."""
+        task = asyncio.create_task(coroutine, name=f"cunxiang-{name}")
+        self._tasks[name] = task
+
+        def died(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.critical("controller task %s died", name, exc_info=done.exception())
+                self.failed_tasks.append(name)
+
+        task.add_done_callback(died)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Fire-and-forget work (resends); failures are logged, never lost silently."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("background work failed", exc_info=finished.exception())
+
+        task.add_done_callback(done)
+
+
+async def _step(what: str, work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("shutdown: could not %s", what)
 
 
 def _live(broadcast: Broadcast, states: dict[str, DeliveryState]) -> LiveBroadcast:
@@ -256,4 +293,5 @@ def _live(broadcast: Broadcast, states: dict[str, DeliveryState]) -> LiveBroadca
         regions=broadcast.regions,
         payload=broadcast.command.encode(),
         states=states,
+        state=BroadcastState(broadcast.state),
     )

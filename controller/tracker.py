@@ -35,6 +35,7 @@ class LiveBroadcast:
     regions: list[str]
     payload: bytes
     states: dict[str, DeliveryState]
+    state: BroadcastState = BroadcastState.ACCEPTED
     open: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,18 +70,34 @@ class DeliveryTracker:
     def live(self) -> list[LiveBroadcast]:
         return list(self._live.values())
 
-    def get(self, broadcast_id: str) -> LiveBroadcast | None:
-        return self._live.get(broadcast_id)
+    def unfinished(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
+        """Unexpired live broadcasts with the terminals that have not reached a final state."""
+        return [
+            (live, [t for t, state in live.states.items() if state not in FINAL_STATES])
+            for live in self._live.values()
+            if now < live.expires_at
+        ]
 
-    def waiting_for(self, terminal_id: str) -> list[str]:
-        """Live broadcasts this terminal has not acknowledged yet."""
-        return [b.id for b in self._live.values() if b.states.get(terminal_id) in UNACKNOWLEDGED_STATES]
+    def unfinished_for(self, terminal_id: str, now: datetime) -> list[LiveBroadcast]:
+        """Unexpired live broadcasts in which this terminal has not reached a final state."""
+        return [
+            live
+            for live in self._live.values()
+            if now < live.expires_at
+            and live.states.get(terminal_id, DeliveryState.COMPLETED) not in FINAL_STATES
+        ]
 
-    def mark_sent(self, broadcast_id: str, terminal_ids: list[str] | None, at: datetime) -> None:
-        """The command went to the broker for these terminals (None: every pending one)."""
-        live = self._live.get(broadcast_id)
-        if live is None:
+    def mark_sent(self, live: LiveBroadcast, terminal_ids: list[str] | None, at: datetime) -> None:
+        """The broker took the command for these terminals (None: the region publish, for everyone).
+
+        Only the region publish makes a broadcast `active`, so after a restart an `accepted` one is
+        known never to have gone out to its regions.
+        """
+        if self._live.get(live.id) is not live:
             return
+        if terminal_ids is None and live.state is BroadcastState.ACCEPTED:
+            live.state = BroadcastState.ACTIVE
+            self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
         for terminal_id in terminal_ids if terminal_ids is not None else list(live.states):
             if live.states.get(terminal_id) is DeliveryState.PENDING:
                 self._move(live, terminal_id, DeliveryState.SENT, at)
@@ -97,7 +114,7 @@ class DeliveryTracker:
         if not can_move(current, new):
             self._metrics.delivery_ignored.inc()
             return None
-        self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail)
+        self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail, by=ack.by)
         return None
 
     def sweep(self, now: datetime) -> None:
@@ -118,11 +135,12 @@ class DeliveryTracker:
         at: datetime,
         reason: str | None = None,
         detail: str | None = None,
+        by: str | None = None,
     ) -> None:
         live.states[terminal_id] = new
         values: dict[str, object] = {"state": new.value, "updated_at": at}
         if new in FINAL_STATES:
-            values.update(finished_at=at, reason=reason, detail=detail)
+            values.update(finished_at=at, reason=reason, detail=detail, by_command=by)
             live.open -= 1
         else:
             values[_TIMESTAMP_COLUMN[new]] = at
@@ -133,10 +151,10 @@ class DeliveryTracker:
 
     def _finish(self, live: LiveBroadcast, at: datetime) -> None:
         expired = any(state is DeliveryState.EXPIRED for state in live.states.values())
-        state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
-        self._writer.update(self._broadcasts, (live.id,), {"state": state.value, "finished_at": at})
+        live.state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
+        self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value, "finished_at": at})
         del self._live[live.id]
         self._recently_over[live.id] = None
         while len(self._recently_over) > 1000:
             self._recently_over.popitem(last=False)
-        log.info("broadcast %s %s", live.id, state.value)
+        log.info("broadcast %s %s", live.id, live.state.value)

@@ -4,8 +4,9 @@ The MQTT hot path never waits for the database: trackers record row updates here
 `run` writes them every `interval` seconds (sooner when `max_rows` are waiting) in one transaction
 of executemany UPDATEs. One writer thread also means SQLite never sees two of our writers at once.
 A write that fails for a passing reason (connection lost, database locked) keeps its rows for the
-next attempt, merged under anything newer. A row the database refuses outright (a value out of
-range, a broken constraint) is written alone, logged and dropped, so it cannot block every other row.
+next attempt, merged under anything newer. Any other failure (a value out of range, a broken
+constraint) is retried row by row, and the rows the database refuses are logged and dropped, so one
+bad row cannot hold back every acknowledgement after it.
 """
 
 import asyncio
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, update
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from controller.metrics import Metrics
@@ -33,13 +34,14 @@ class DbWriter:
 
     def __init__(self, engine: Engine, metrics: Metrics, *, interval: float, max_rows: int) -> None:
         self.engine = engine
-        self._metrics = metrics
+        self.metrics = metrics
         self._interval = interval
         self._max_rows = max_rows
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cunxiang-db")
         self._pending: Pending = {}
         self._count = 0
-        self._full = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     async def call(self, fn: Callable[[Session], T]) -> T:
@@ -59,7 +61,7 @@ class DbWriter:
             rows[key] = dict(values)
             self._count += 1
             if self._count >= self._max_rows:
-                self._full.set()
+                self._wake.set()
         else:
             row.update(values)
 
@@ -68,35 +70,44 @@ class DbWriter:
         return self._count
 
     async def flush(self) -> None:
-        """Write everything recorded so far."""
+        """Write everything recorded so far; on a passing failure the rows wait for the next flush."""
         async with self._lock:
             if not self._pending:
                 return
             batch, count = self._pending, self._count
             self._pending, self._count = {}, 0
             try:
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch)
-            except Exception:
-                log.exception("database write of %d rows failed; will retry", count)
-                self._metrics.db_flush_errors.inc()
+                # Shielded: a cancelled caller must not abandon a batch the thread is still writing.
+                await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch)
+                )
+            except BaseException:
+                self.metrics.db_flush_errors.inc()
                 self._restore(batch)
                 raise
-            self._metrics.db_flushes.inc()
-            self._metrics.db_flush_rows.observe(count)
+            self.metrics.db_flushes.inc()
+            self.metrics.db_flush_rows.observe(count)
 
     async def run(self) -> None:
-        """Flush forever, every `interval` or when the batch is full; survive database outages."""
-        while True:
+        """Flush every `interval` (sooner when the batch is full) until `stop`; survive outages."""
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._interval)
-            self._full.clear()
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
             try:
                 await self.flush()
             except Exception:
+                log.exception("database write of %d rows failed; will retry", self._count)
                 await asyncio.sleep(min(5.0, self._interval * 20))
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    async def stop(self) -> None:
+        """Let `run` finish its current flush and end, then flush what is left."""
+        self._stopping = True
+        self._wake.set()
+        await self.flush()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def _restore(self, batch: Pending) -> None:
         for table, rows in batch.items():
@@ -111,7 +122,9 @@ class DbWriter:
             with self.engine.begin() as connection:
                 for table, rows in batch.items():
                     _update_rows(connection, table, rows)
-        except (DataError, IntegrityError):
+        except Exception as exc:
+            if _passing(exc):
+                raise
             self._write_row_by_row(batch)
 
     def _write_row_by_row(self, batch: Pending) -> None:
@@ -120,9 +133,18 @@ class DbWriter:
                 try:
                     with self.engine.begin() as connection:
                         _update_rows(connection, table, {key: values})
-                except (DataError, IntegrityError) as exc:
-                    self._metrics.db_rows_refused.inc()
-                    log.error("database refused %s row %s %s; dropped: %s", table.name, key, values, exc.orig)
+                except Exception as exc:
+                    if _passing(exc):
+                        raise
+                    self.metrics.db_rows_refused.inc()
+                    log.error("database refused %s row %s %s; dropped: %s", table.name, key, values, exc)
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether a failed write may succeed if tried again unchanged (connection, lock, timeout)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _update_rows(connection: Connection, table: Table, rows: dict[Key, dict[str, Any]]) -> None:

@@ -44,11 +44,13 @@ async def run_demo(settings: Settings, port: int, region: str, per_village: int,
     try:
         simulator = await _start_simulated_county(controller, region, per_village, playback)
         if simulator is None:
-            server.should_exit = True
-        else:
-            _print_banner(settings, controller, port, region)
+            return 1
+        _print_banner(settings, controller, port, region)
         await serving
     finally:
+        if not serving.done():
+            server.should_exit = True
+            await asyncio.wait([serving])
         if simulator is not None and simulator.returncode is None:
             simulator.terminate()
             await simulator.wait()

@@ -18,6 +18,8 @@ from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
 DETAIL_MAX = 500
+# Sessions are 64-bit (milliseconds since 1970 fit for 292 million years).
+SESSION_MAX = 2**63 - 1
 
 TerminalId = Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
 RegionCode = Annotated[str, Field(pattern=REGION_CODE_PATTERN)]
@@ -151,7 +153,7 @@ class TerminalStatus(WireModel):
 
     terminal_id: TerminalId
     state: Presence
-    session: Annotated[int, Field(ge=0)]
+    session: Annotated[int, Field(ge=0, le=SESSION_MAX)]
     region: RegionCode
     firmware: Annotated[str, Field(max_length=64)] | None = None
     heartbeat_interval_s: Annotated[int, Field(ge=1, le=3600)] = 30
@@ -163,7 +165,7 @@ class ControllerStatus(WireModel):
 
     controller_id: TerminalId
     state: Presence
-    session: Annotated[int, Field(ge=0)]
+    session: Annotated[int, Field(ge=0, le=SESSION_MAX)]
     at: AwareDatetime
 
 

@@ -8,6 +8,7 @@ import time
 
 import aiomqtt
 
+from devices.backoff import reconnect_delay
 from devices.messages import (
     Amplifier,
     Command,
@@ -76,6 +77,8 @@ class SimulatedTerminal:
                         async for message in client.messages:
                             await self._carry_out(self.core.on_payload(bytes(message.payload), now_utc()))
                     except asyncio.CancelledError:
+                        if self._player is not None:
+                            self._player.cancel()
                         await self._goodbye(client)
                         raise
                     finally:
@@ -84,7 +87,7 @@ class SimulatedTerminal:
                 self.connected.clear()
                 self._client = None
                 attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6)) * self._rng.uniform(0.5, 1.0)
+                delay = reconnect_delay(attempt, self._rng)
                 log.debug("%s: broker unavailable (%s); retry in %.1f s", self.spec.terminal_id, exc, delay)
                 await asyncio.sleep(delay)
 
@@ -143,8 +146,13 @@ class SimulatedTerminal:
         client = self._client
         if client is None:
             return
-        for ack in step.acks:
-            await client.publish(self._topics.terminal_ack(self.spec.terminal_id), encode(ack), qos=1)
+        try:
+            for ack in step.acks:
+                await client.publish(self._topics.terminal_ack(self.spec.terminal_id), encode(ack), qos=1)
+        except aiomqtt.MqttError as exc:
+            # The controller resends to terminals that have not finished when they reconnect, and
+            # the core answers a repeat with its last ack: that is how this one gets through.
+            log.debug("%s: ack not published (%s)", self.spec.terminal_id, exc)
         if step.stop is not None and self._player is not None:
             self._player.cancel()
             self._player = None

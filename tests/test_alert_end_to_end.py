@@ -89,3 +89,19 @@ async def test_alert_expiring_before_a_terminal_answers_marks_it_expired(live: L
     assert report["counts"]["completed"] == 1
     assert report["counts"]["expired"] == 1
     assert [t["id"] for t in report["unacknowledged"]] == [specs[1].terminal_id]
+
+
+async def test_alert_to_a_region_without_terminals_is_finished_at_once(live: LiveServer) -> None:
+    accepted = await live.send(kind="notice", regions=["421281"], text="赤壁", expires_in=60)
+    assert (accepted["terminals"], accepted["state"]) == (0, "finished")
+    await live.report_when(accepted["id"], lambda r: r["state"] == "finished" and r["terminals"] == 0)
+
+
+async def test_terminal_switched_on_before_registration_is_online_once_registered(live: LiveServer) -> None:
+    specs = specs_in(await villages(live, "421202105"), per_village=1)[:1]
+    async with live.fleet(specs):
+        await live.register(specs)
+        await eventually(lambda: live.controller.presence_of(specs[0].terminal_id) == "online")
+        accepted = await live.send(kind="notice", regions=["421202105"], text="开会", expires_in=60)
+        report = await live.report_when(accepted["id"], lambda r: r["counts"]["completed"] == 1)
+    assert report["unacknowledged"] == []

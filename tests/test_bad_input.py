@@ -154,6 +154,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown kind", {"kind": "siren"}, "emergency"),
     ("unknown member", {"colour": "red"}, "extra inputs are not permitted"),
     ("expiry too far", {"expires_in": 400 * 24 * 3600}, "more than"),
+    ("absurd expiry", {"expires_in": 10**15}, "more than"),
 ]
 
 

@@ -62,3 +62,33 @@ async def test_controller_reconnecting_to_the_broker_republishes_what_is_unackno
     finally:
         await live.stop()
         broker.stop()
+
+
+async def test_after_a_restart_only_unfinished_terminals_are_sent_the_alert_again(sqlite_url: str) -> None:
+    """A rebooted terminal forgets what it played; a region-wide resend would make it play twice."""
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    broker.start()
+    settings = make_settings(sqlite_url, broker.url)
+    first = LiveServer(settings)
+    await first.start()
+    try:
+        villages = await first.controller.writer.call(lambda s: villages_under(s, "421202106"))
+        done, waiting = specs_in([v.code for v in villages], per_village=1)[:2]
+        await first.register([done, waiting])
+        async with first.fleet([done]):
+            accepted = await first.send(
+                kind="emergency", level=2, regions=["421202106"], text="x", expires_in=300
+            )
+            await first.report_when(accepted["id"], lambda r: r["counts"]["completed"] == 1)
+    finally:
+        await first.stop()
+    second = LiveServer(settings)
+    await second.start()
+    try:
+        async with second.fleet([done, waiting]) as rebooted:
+            report = await second.report_when(accepted["id"], lambda r: r["state"] == "finished")
+            assert [t.commands_seen for t in rebooted.terminals] == [0, 1]
+        assert report["counts"]["completed"] == 2
+    finally:
+        await second.stop()
+        broker.stop()

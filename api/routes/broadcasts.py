@@ -49,7 +49,9 @@ def recent_broadcasts(session: SessionDep, limit: int = 50) -> list[Broadcast]:
 @router.get("/{broadcast_id}", response_model=BroadcastReport)
 def broadcast_progress(broadcast_id: str, session: SessionDep, controller: ControllerDep) -> BroadcastReport:
     """Totals per delivery state, per region below the target, and who has not acknowledged, and why."""
-    report = broadcast_report(session, broadcast_id, presence_of=controller.presence_of)
+    report = broadcast_report(
+        session, broadcast_id, presence_of=controller.presence_of, controller_connected=controller.connected
+    )
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no broadcast {broadcast_id!r}")
     return report

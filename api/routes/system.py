@@ -20,7 +20,13 @@ def healthz(response: Response, session: SessionDep, controller: ControllerDep) 
         checks["database"] = f"error: {type(exc).__name__}"
     checks["accepting"] = controller.accepting
     checks["write_backlog"] = controller.writer.backlog
-    healthy = checks["mqtt"] == "connected" and checks["database"] == "ok" and controller.accepting
+    checks["failed_tasks"] = controller.failed_tasks
+    healthy = (
+        checks["mqtt"] == "connected"
+        and checks["database"] == "ok"
+        and controller.accepting
+        and not controller.failed_tasks
+    )
     response.status_code = status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE
     return {"status": "ok" if healthy else "degraded", **checks}
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ControllerDep, SessionDep
 from controller.terminals import TerminalSpec, list_terminals
-from devices.messages import RegionCode
+from devices.messages import Heartbeat, RegionCode
 
 router = APIRouter(prefix="/terminals", tags=["terminals"])
 
@@ -22,6 +22,9 @@ class TerminalPublic(BaseModel):
     presence_since: datetime | None
     last_seen: datetime | None
     firmware: str | None
+    telemetry: Heartbeat | None = Field(
+        default=None, description="the last heartbeat, as the terminal sent it"
+    )
 
 
 class TerminalPage(BaseModel):
@@ -57,6 +60,7 @@ def terminals(
                 presence_since=live.since if live else row.presence_since,
                 last_seen=live.last_seen if live else None,
                 firmware=row.firmware,
+                telemetry=live.last_heartbeat if live else None,
             )
         )
     return TerminalPage(items=items, total=total)

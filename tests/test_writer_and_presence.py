@@ -1,0 +1,104 @@
+"""The batched writer and the presence tracker, against a real database."""
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import Session
+
+from controller.db import init_schema, make_engine
+from controller.metrics import Metrics
+from controller.models import Region, Terminal
+from controller.presence import STALE_SESSION, PresenceTracker
+from controller.writer import DbWriter
+from devices.backoff import BACKOFF_MAX_S, reconnect_delay
+from devices.messages import Presence, TerminalStatus
+
+AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def writer(database_url: str) -> AsyncIterator[DbWriter]:
+    engine = make_engine(database_url)
+    init_schema(engine)
+    with Session(engine) as session:
+        session.add(Region(code="421202100001", name="村", level="village", parent_code="421202100"))
+        session.add(Terminal(id="t-1", region_code="421202100001"))
+        session.add(Terminal(id="t-2", region_code="421202100001"))
+        session.commit()
+    metrics = Metrics()
+    db_writer = DbWriter(engine, metrics, interval=0.01, max_rows=100)
+    yield db_writer
+    await db_writer.close()
+    engine.dispose()
+
+
+def stored(writer: DbWriter, terminal_id: str) -> Terminal:
+    with Session(writer.engine) as session:
+        terminal = session.get(Terminal, terminal_id)
+        assert terminal is not None
+        return terminal
+
+
+async def test_a_row_the_database_refuses_is_dropped_and_the_rest_are_written(writer: DbWriter) -> None:
+    table = Terminal.__table__  # type: ignore[attr-defined]
+    writer.update(table, ("t-1",), {"session": 2**70})
+    writer.update(table, ("t-2",), {"presence": "online"})
+    await writer.flush()
+    assert stored(writer, "t-2").presence == "online"
+    assert stored(writer, "t-1").session is None
+    assert writer.backlog == 0
+    assert writer.metrics.registry.get_sample_value("cunxiang_db_rows_refused_total") == 1
+
+
+async def test_later_updates_to_a_row_merge_into_one_write(writer: DbWriter) -> None:
+    table = Terminal.__table__  # type: ignore[attr-defined]
+    writer.update(table, ("t-1",), {"presence": "online", "session": 5})
+    writer.update(table, ("t-1",), {"presence": "lost"})
+    assert writer.backlog == 1
+    await writer.flush()
+    assert (stored(writer, "t-1").presence, stored(writer, "t-1").session) == ("lost", 5)
+
+
+def status(state: Presence, session: int) -> TerminalStatus:
+    return TerminalStatus(terminal_id="t-1", state=state, session=session, region="421202100001", at=AT)
+
+
+async def test_a_late_will_of_an_older_session_is_ignored(writer: DbWriter) -> None:
+    presence = PresenceTracker(writer, Metrics())
+    presence.register("t-1")
+    assert presence.on_status(status(Presence.ONLINE, 200), AT).new_birth
+    assert presence.on_status(status(Presence.LOST, 100), AT).rejection == STALE_SESSION
+    assert presence.get("t-1").presence == "online"  # type: ignore[union-attr]
+
+
+async def test_a_birth_is_believed_even_when_the_terminal_clock_went_backwards(writer: DbWriter) -> None:
+    presence = PresenceTracker(writer, Metrics())
+    presence.register("t-1")
+    presence.on_status(status(Presence.ONLINE, 200), AT)
+    presence.on_status(status(Presence.LOST, 200), AT)
+    outcome = presence.on_status(status(Presence.ONLINE, 50), AT)
+    assert outcome.rejection is None and outcome.new_birth
+    assert presence.get("t-1").presence == "online"  # type: ignore[union-attr]
+
+
+async def test_a_repeated_retained_birth_is_not_a_new_birth(writer: DbWriter) -> None:
+    presence = PresenceTracker(writer, Metrics())
+    presence.register("t-1")
+    assert presence.on_status(status(Presence.ONLINE, 200), AT).new_birth
+    assert not presence.on_status(status(Presence.ONLINE, 200), AT).new_birth
+
+
+async def test_status_heard_before_registration_counts_once_registered(writer: DbWriter) -> None:
+    presence = PresenceTracker(writer, Metrics())
+    assert presence.on_status(status(Presence.ONLINE, 200), AT).rejection == "unknown_terminal"
+    presence.register("t-1")
+    assert presence.get("t-1").presence == "online"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 10, 100])
+def test_reconnect_delay_doubles_with_jitter_up_to_a_cap(attempt: int) -> None:
+    delay = reconnect_delay(attempt, random.Random(attempt))
+    base = min(BACKOFF_MAX_S, 2.0 ** (attempt - 1))
+    assert base * 0.5 <= delay <= base
