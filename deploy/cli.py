@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=8000, help="HTTP port (a free one if taken)")
     demo.add_argument("--region", default="421202", help="region to simulate (default 421202 咸安区)")
     demo.add_argument("--per-village", type=int, default=1, help="simulated terminals per village")
-    demo.add_argument("--playback", type=float, default=8.0, help="seconds each simulated playback takes")
+    demo.add_argument(
+        "--playback",
+        type=float,
+        default=None,
+        help="seconds each simulated playback takes (default: as long as the speech would)",
+    )
 
     serve = commands.add_parser("serve", help="controller and API against the configured broker and database")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default CUNXIANG_HTTP_PORT, 8000)")
@@ -29,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--region", default="421202")
     simulate.add_argument("--per-village", type=int, default=2)
     simulate.add_argument("--broker", default=None, help="mqtt://host:port (default CUNXIANG_MQTT_URL)")
-    simulate.add_argument("--playback", type=float, default=8.0, help="seconds each playback takes")
+    simulate.add_argument(
+        "--playback",
+        type=float,
+        default=None,
+        help="seconds each playback takes (default: as long as the speech would)",
+    )
     simulate.add_argument(
         "--register",
         metavar="API",

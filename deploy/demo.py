@@ -25,7 +25,9 @@ def _port(host: str, wanted: int, what: str) -> int:
     return chosen
 
 
-async def run_demo(settings: Settings, port: int, region: str, per_village: int, playback: float) -> int:
+async def run_demo(
+    settings: Settings, port: int, region: str, per_village: int, playback: float | None
+) -> int:
     if settings.mqtt_url is None:
         broker_port = _port(
             settings.embedded_broker_host, settings.embedded_broker_port, "the embedded MQTT broker"
@@ -58,7 +60,7 @@ async def run_demo(settings: Settings, port: int, region: str, per_village: int,
 
 
 async def _start_simulated_county(
-    controller: Controller, region: str, per_village: int, playback: float
+    controller: Controller, region: str, per_village: int, playback: float | None
 ) -> asyncio.subprocess.Process | None:
     villages = await controller.writer.call(lambda session: villages_under(session, region))
     if not villages:
@@ -67,20 +69,13 @@ async def _start_simulated_county(
     specs = fleet_for_villages([v.code for v in villages], per_village)
     await controller.register([TerminalSpec(id=s.terminal_id, region=s.region) for s in specs])
     assert controller.bus is not None
-    simulator = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "deploy.cli",
-        "simulate",
-        "--broker",
-        f"mqtt://{controller.bus.address.host}:{controller.bus.address.port}",
-        "--region",
-        region,
-        "--per-village",
-        str(per_village),
-        "--playback",
-        str(playback),
-    )
+    broker = f"mqtt://{controller.bus.address.host}:{controller.bus.address.port}"
+    command = ["-m", "deploy.cli", "simulate", "--broker", broker, "--region", region]
+    command += ["--per-village", str(per_village)]
+    if playback is not None:
+        command += ["--playback", str(playback)]
+    # Its own process, so the simulated county runs on another core than the controller.
+    simulator = await asyncio.create_subprocess_exec(sys.executable, *command)
     print(
         f"starting {len(specs)} simulated terminals in {len(villages)} villages under {region}…", flush=True
     )

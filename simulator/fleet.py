@@ -4,6 +4,7 @@ import random
 from dataclasses import dataclass
 
 from devices.identifiers import is_region_code
+from devices.messages import Content
 
 
 @dataclass(frozen=True)
@@ -16,13 +17,29 @@ class SimulatedSpec:
 class Behaviour:
     """How a simulated terminal acts. Times in seconds; delays are drawn uniformly from the range."""
 
-    playback_s: float = 8.0
+    playback_s: float | None = None
+    """Seconds one play of any content takes; None: as long as real speech or audio would."""
     start_delay_s: tuple[float, float] = (0.05, 0.3)
     heartbeat_interval_s: int = 30
     firmware: str = "sim-1.0.0"
 
     def start_delay(self, rng: random.Random) -> float:
         return rng.uniform(*self.start_delay_s)
+
+    def playback(self, content: Content) -> float:
+        """How long one play of `content` lasts."""
+        if self.playback_s is not None:
+            return self.playback_s
+        if content.audio is not None:
+            return max(MIN_PLAY_S, content.audio.size / AUDIO_BYTES_PER_S)
+        return max(MIN_PLAY_S, len(content.text or "") / SPEECH_CHARS_PER_S)
+
+
+# Broadcast Mandarin is read at about 4 characters a second (240 a minute); audio is taken to be
+# 128 kbit/s MP3. A loudspeaker's chime and amplifier warm-up make even one word last seconds.
+SPEECH_CHARS_PER_S = 4.0
+AUDIO_BYTES_PER_S = 16_000
+MIN_PLAY_S = 3.0
 
 
 def fleet_for_villages(villages: list[str], per_village: int) -> list[SimulatedSpec]:

@@ -163,5 +163,5 @@ class SimulatedTerminal:
     async def _play(self, command: Command) -> None:
         await asyncio.sleep(self._behaviour.start_delay(self._rng))
         await self._carry_out(self.core.on_started(command.id, now_utc()))
-        await asyncio.sleep(self._behaviour.playback_s * command.repeat)
+        await asyncio.sleep(self._behaviour.playback(command.content) * command.repeat)
         await self._carry_out(self.core.on_finished(command.id, now_utc()))

@@ -115,3 +115,63 @@ def test_serve_with_the_embedded_broker_port_taken_says_so_and_exits_1(tmp_path:
     assert result.returncode == 1
     assert f"port {taken} is in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_simulate_registers_its_terminals_and_they_come_online(tmp_path: Path) -> None:
+    """`cunxiang simulate --register` against a running `cunxiang serve`, two processes over real TCP."""
+    api_port, broker_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUNXIANG_")}
+    env["CUNXIANG_EMBEDDED_BROKER_PORT"] = str(broker_port)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "serve", "--port", str(api_port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    simulate = None
+    try:
+        wait_for(follow(serve), serve, "Application startup complete", timeout=60)
+        base = f"http://127.0.0.1:{api_port}"
+        simulate = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.cli",
+                "simulate",
+                "--broker",
+                f"mqtt://127.0.0.1:{broker_port}",
+                "--region",
+                "421202100",
+                "--per-village",
+                "2",
+                "--register",
+                base,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(follow(simulate), simulate, "simulated terminals online", timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            page = httpx.get(f"{base}/api/v1/terminals", params={"region": "421202100"}).json()
+            if page["total"] > 0 and all(t["presence"] == "online" for t in page["items"]):
+                break
+            assert time.monotonic() < deadline, page
+            time.sleep(0.2)
+        assert page["total"] % 2 == 0 and page["total"] >= 20
+        simulate.send_signal(signal.SIGINT)
+        assert simulate.wait(timeout=30) == 0
+        deadline = time.monotonic() + 30
+        while {t["presence"] for t in httpx.get(f"{base}/api/v1/terminals").json()["items"]} != {"offline"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        for process in (simulate, serve):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=30)
