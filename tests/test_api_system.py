@@ -56,16 +56,21 @@ async def test_presence_is_unknown_while_the_controller_is_cut_off(sqlite_url: s
     live = LiveServer(make_settings(sqlite_url, broker.url))
     await live.start()
     try:
-        specs = specs_in(["421202100001"])
+        specs = specs_in(["421202100001", "421202100004"])
         await live.register(specs)
-        async with live.fleet(specs):
+        async with live.fleet(specs[:1]):
             await eventually(lambda: live.controller.presence_of(specs[0].terminal_id) == "online")
+            accepted = await live.send(kind="notice", regions=["421202100"], text="通知", expires_in=60)
+            await live.report_when(accepted["id"], lambda r: r["counts"]["completed"] == 1)
             broker.stop()
             await eventually(lambda: not live.controller.connected)
             listed = (await live.http.get("/api/v1/terminals")).json()["items"]
             health = await live.http.get("/healthz")
-        assert [t["presence"] for t in listed] == ["unknown"]
+            report = await live.report(accepted["id"])
+        assert [t["presence"] for t in listed] == ["unknown", "unknown"]
         assert health.status_code == 503 and health.json()["mqtt"] == "disconnected"
+        [silent] = report["unacknowledged"]
+        assert silent["id"] == specs[1].terminal_id and "cut off from the MQTT broker" in silent["why"]
     finally:
         await live.stop()
 
