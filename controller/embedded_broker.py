@@ -9,60 +9,10 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-def _patched_broker_class() -> type[Any]:
-    """amqtt 0.12.1's Broker with two defects worked around (both seen with a county's terminals).
-
-    1. It iterates its subscription table while awaiting inside the loop, so a client subscribing
-       meanwhile kills the connection of another ("dictionary changed size during iteration").
-       Iterating over a snapshot fixes it.
-    2. On every connect it sends the new client the retained messages matching *any* client's
-       filter, so each terminal received every terminal's retained status (N² messages for N
-       terminals). Only the client's own subscriptions should be served.
-
-    It also remembers every client connection, so that stopping the broker really drops them
-    (amqtt's shutdown can leave sockets open, and clients would not notice the broker is gone).
-    """
-    from amqtt.broker import Broker
-
-    class SnapshotDict(dict[Any, Any]):
-        def __iter__(self) -> Iterator[Any]:
-            return iter(list(dict.keys(self)))
-
-        def items(self) -> Any:
-            return list(dict.items(self))
-
-    class PatchedBroker(Broker):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._subscriptions = SnapshotDict()
-            self.client_writers: set[asyncio.StreamWriter] = set()
-
-        async def stream_connected(
-            self, reader: Any, writer: asyncio.StreamWriter, listener_name: str
-        ) -> None:
-            self.client_writers.add(writer)
-            try:
-                await super().stream_connected(reader, writer, listener_name)
-            finally:
-                self.client_writers.discard(writer)
-
-        def abort_connections(self) -> None:
-            for writer in list(self.client_writers):
-                writer.transport.abort()
-
-        async def _publish_retained_messages_for_subscription(self, subscription: Any, session: Any) -> None:
-            subscribers = self._subscriptions.get(subscription[0], ())
-            if any(subscriber.client_id == session.client_id for subscriber, _qos in subscribers):
-                await super()._publish_retained_messages_for_subscription(subscription, session)
-
-    return PatchedBroker
 
 
 class BrokerStartError(RuntimeError):
@@ -148,7 +98,10 @@ class EmbeddedBroker:
             },
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
-        broker = _patched_broker_class()(config)
+        # Imported here: a controller on Mosquitto never loads amqtt.
+        from controller.amqtt_broker import PatchedBroker
+
+        broker = PatchedBroker(config)
         try:
             await broker.start()
         except Exception as exc:
