@@ -169,7 +169,11 @@ class MqttBus:
 
     def _lost(self) -> None:
         if self._client is not None:
-            log.warning("disconnected from MQTT broker %s", self.address)
+            log.log(
+                logging.INFO if self._closing else logging.WARNING,
+                "disconnected from MQTT broker %s",
+                self.address,
+            )
         self._client = None
         self._connected.clear()
         self._metrics.mqtt_connected.set(0)

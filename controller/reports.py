@@ -47,7 +47,9 @@ class BroadcastReport(BaseModel):
     terminals: int
     counts: dict[str, int]
     by_region: list[RegionTotals]
+    unacknowledged_total: int
     unacknowledged: list[SilentTerminal]
+    failures_total: int
     failures: list[SilentTerminal]
 
 
@@ -76,9 +78,12 @@ def broadcast_report(
     broadcast_id: str,
     presence_of: Callable[[str], str] | None = None,
     controller_connected: bool = True,
+    list_limit: int = 1000,
 ) -> BroadcastReport | None:
     """The report of one broadcast; `presence_of` gives the live presence (else the stored one).
 
+    The lists of silent and failed terminals hold at most `list_limit` entries each (the totals
+    say how many there are), so a report on a county-wide alert stays quick to fetch and read.
     While the controller itself is cut off from the broker it cannot know who is online, and the
     report says so instead of blaming the terminals.
     """
@@ -99,43 +104,39 @@ def broadcast_report(
     ).all()
     counts = zero_counts()
     buckets: dict[str, dict[str, int]] = {}
-    silent_ids: list[str] = []
-    failures: list[SilentTerminal] = []
+    silent: list[tuple[str, str, str]] = []
+    failed: list[tuple[str, str, str, str]] = []
     for terminal_id, region, state, reason, detail, by_command in rows:
         counts[state] += 1
         bucket = buckets.setdefault(_bucket(region, broadcast.regions), zero_counts())
         bucket[state] += 1
         if state in UNACKNOWLEDGED_STATES or (state == DeliveryState.EXPIRED and reason is None):
-            silent_ids.append(terminal_id)
+            silent.append((terminal_id, region, state))
         elif state in (DeliveryState.REJECTED, DeliveryState.FAILED, DeliveryState.PREEMPTED):
             why = (
                 (reason or state)
                 + (f": {detail}" if detail else "")
                 + (f" (by {by_command})" if by_command else "")
             )
-            failures.append(SilentTerminal(id=terminal_id, region=region, state=state, presence="", why=why))
+            failed.append((terminal_id, region, state, why))
+    listed_silent, listed_failed = silent[:list_limit], failed[:list_limit]
     if presence_of is None:
-        stored = _stored_presence(session, silent_ids + [f.id for f in failures])
+        stored = _stored_presence(session, [t[0] for t in listed_silent] + [t[0] for t in listed_failed])
 
         def presence_of(terminal_id: str) -> str:
             return stored.get(terminal_id, "unknown")
 
-    regions_of = {terminal_id: region for terminal_id, region, *_ in rows}
-    states_of = {terminal_id: state for terminal_id, _, state, *_ in rows}
     unacknowledged = []
-    for terminal_id in silent_ids:
+    for terminal_id, region, state in listed_silent:
         presence = presence_of(terminal_id)
+        why = _WHY_BY_PRESENCE.get(presence, presence) if controller_connected else _WHY_CUT_OFF
         unacknowledged.append(
-            SilentTerminal(
-                id=terminal_id,
-                region=regions_of[terminal_id],
-                state=states_of[terminal_id],
-                presence=presence,
-                why=_WHY_BY_PRESENCE.get(presence, presence) if controller_connected else _WHY_CUT_OFF,
-            )
+            SilentTerminal(id=terminal_id, region=region, state=state, presence=presence, why=why)
         )
-    for failure in failures:
-        failure.presence = presence_of(failure.id)
+    failures = [
+        SilentTerminal(id=terminal_id, region=region, state=state, presence=presence_of(terminal_id), why=why)
+        for terminal_id, region, state, why in listed_failed
+    ]
     names = region_names(session, buckets)
     return BroadcastReport(
         id=broadcast.id,
@@ -153,7 +154,9 @@ def broadcast_report(
             RegionTotals(code=code, name=names.get(code), terminals=sum(c.values()), counts=c)
             for code, c in sorted(buckets.items())
         ],
+        unacknowledged_total=len(silent),
         unacknowledged=unacknowledged,
+        failures_total=len(failed),
         failures=failures,
     )
 

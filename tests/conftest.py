@@ -9,7 +9,6 @@ other's retained messages.
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -22,6 +21,7 @@ from sqlalchemy import create_engine, text
 
 from controller.embedded_broker import EmbeddedBroker, free_port
 from controller.settings import Settings, load_settings
+from deploy.mosquitto import mosquitto_binary
 from tests.live import LiveServer
 
 POSTGRES_URL = os.environ.get("CUNXIANG_TEST_POSTGRES_URL")
@@ -33,12 +33,6 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
     broker.start()
     yield broker
     broker.stop()
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
-    )
 
 
 @pytest.fixture(scope="session")

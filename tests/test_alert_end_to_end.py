@@ -89,6 +89,16 @@ async def test_alert_expiring_before_a_terminal_answers_marks_it_expired(live: L
     assert report["counts"]["completed"] == 1
     assert report["counts"]["expired"] == 1
     assert [t["id"] for t in report["unacknowledged"]] == [specs[1].terminal_id]
+    assert report["unacknowledged_total"] == 1
+
+
+async def test_report_lists_are_capped_but_totals_count_everyone(live: LiveServer) -> None:
+    specs = specs_in(await villages(live, "421202107"), per_village=1)[:6]
+    await live.register(specs)
+    accepted = await live.send(kind="notice", regions=["421202107"], text="通知", expires_in=60)
+    response = await live.http.get(f"/api/v1/broadcasts/{accepted['id']}", params={"list_limit": 2})
+    report = response.json()
+    assert report["unacknowledged_total"] == 6 and len(report["unacknowledged"]) == 2
 
 
 async def test_alert_to_a_region_without_terminals_is_finished_at_once(live: LiveServer) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from controller.embedded_broker import free_port
-from tests.conftest import make_settings, mosquitto_binary
+from deploy.mosquitto import mosquitto_binary
+from tests.conftest import make_settings
 from tests.live import LiveServer
 
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"

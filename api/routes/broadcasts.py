@@ -1,8 +1,9 @@
 """Broadcasts: send one, follow its delivery."""
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 from sqlmodel import col, select
 
@@ -47,10 +48,21 @@ def recent_broadcasts(session: SessionDep, limit: int = 50) -> list[Broadcast]:
 
 
 @router.get("/{broadcast_id}", response_model=BroadcastReport)
-def broadcast_progress(broadcast_id: str, session: SessionDep, controller: ControllerDep) -> BroadcastReport:
+def broadcast_progress(
+    broadcast_id: str,
+    session: SessionDep,
+    controller: ControllerDep,
+    list_limit: Annotated[
+        int, Query(ge=0, le=100_000, description="at most this many terminals per list")
+    ] = 1000,
+) -> BroadcastReport:
     """Totals per delivery state, per region below the target, and who has not acknowledged, and why."""
     report = broadcast_report(
-        session, broadcast_id, presence_of=controller.presence_of, controller_connected=controller.connected
+        session,
+        broadcast_id,
+        presence_of=controller.presence_of,
+        controller_connected=controller.connected,
+        list_limit=list_limit,
     )
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no broadcast {broadcast_id!r}")
