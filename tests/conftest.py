@@ -109,9 +109,5 @@ def settings(database_url: str, embedded_broker: EmbeddedBroker) -> Settings:
 
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[LiveServer]:
-    server = LiveServer(settings)
-    await server.start()
-    try:
+    async with LiveServer(settings) as server:
         yield server
-    finally:
-        await server.stop()

@@ -51,6 +51,13 @@ class LiveServer:
                 raise TimeoutError("server did not start")
             await asyncio.sleep(0.02)
 
+    async def __aenter__(self) -> "LiveServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         await self.http.aclose()
         self.server.should_exit = True

@@ -46,22 +46,16 @@ async def test_controller_logs_in_to_the_deployed_config_with_a_password(
     deployed_mosquitto: tuple[str, int], sqlite_url: str
 ) -> None:
     host, port = deployed_mosquitto
-    live = LiveServer(make_settings(sqlite_url, f"mqtt://cunxiang:s3cret%2F%C3%A4@{host}:{port}"))
-    await live.start()
-    try:
+    async with LiveServer(
+        make_settings(sqlite_url, f"mqtt://cunxiang:s3cret%2F%C3%A4@{host}:{port}")
+    ) as live:
         assert live.controller.connected
-    finally:
-        await live.stop()
 
 
 async def test_anonymous_client_is_refused_by_the_deployed_config(
     deployed_mosquitto: tuple[str, int], sqlite_url: str
 ) -> None:
     host, port = deployed_mosquitto
-    live = LiveServer(make_settings(sqlite_url, f"mqtt://{host}:{port}"))
-    await live.start()
-    try:
+    async with LiveServer(make_settings(sqlite_url, f"mqtt://{host}:{port}")) as live:
         assert not live.controller.connected
         assert (await live.http.get("/healthz")).status_code == 503
-    finally:
-        await live.stop()

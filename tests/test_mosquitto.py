@@ -8,9 +8,7 @@ from tests.live import LiveServer, specs_in
 async def test_township_alert_over_mosquitto_completes_on_every_terminal(
     sqlite_url: str, mosquitto_url: str
 ) -> None:
-    live = LiveServer(make_settings(sqlite_url, mosquitto_url))
-    await live.start()
-    try:
+    async with LiveServer(make_settings(sqlite_url, mosquitto_url)) as live:
         villages = await live.controller.writer.call(lambda s: villages_under(s, "421202100"))
         specs = specs_in([v.code for v in villages], per_village=2)
         await live.register(specs)
@@ -21,5 +19,3 @@ async def test_township_alert_over_mosquitto_completes_on_every_terminal(
             report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
         assert report["counts"]["completed"] == len(specs) == accepted["terminals"]
         assert live.controller.broker is None
-    finally:
-        await live.stop()
