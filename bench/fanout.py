@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from controller.regions import villages_under
 from controller.service import Controller
 from controller.settings import Settings, SettingsError, load_settings
 from controller.terminals import TerminalSpec
-from deploy.mosquitto import mosquitto_binary
+from deploy.mosquitto import MosquittoError, mosquitto_binary, run_mosquitto, stop_process
 from deploy.serve import http_server
 from simulator.fleet import SimulatedSpec, fleet_for_villages
 
@@ -188,29 +187,20 @@ def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float | None]:
     return snapshot
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
 class Mosquitto:
     """Our own Mosquitto on a free port, configured for a benchmark, stopped afterwards."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port(HOST)
-        self.log = workdir / "mosquitto.log"
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{HOST}:{self.port}"
 
-    async def start(self, timeout: float = 10.0) -> None:
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
+    async def start(self) -> None:
+        config = (
             f"listener {self.port} {HOST}\n"
             "allow_anonymous true\n"
             "max_queued_messages 100000\n"
@@ -219,23 +209,16 @@ class Mosquitto:
             "connection_messages false\n"
             "log_dest stderr\n"
             "log_type error\n"
-            "log_type warning\n",
-            encoding="utf-8",
+            "log_type warning\n"
         )
-        with self.log.open("wb") as log_file:
-            self.process = await asyncio.create_subprocess_exec(
-                self.binary, "-c", str(conf), stdout=log_file, stderr=log_file
-            )
-        deadline = time.monotonic() + timeout
-        while not _port_open(HOST, self.port):
-            if self.process.returncode is not None or time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise BenchError(f"mosquitto did not start on port {self.port}:\n{tail}")
-            await asyncio.sleep(0.05)
+        try:
+            self.process = await asyncio.to_thread(run_mosquitto, config, self.workdir, self.port)
+        except MosquittoError as exc:
+            raise BenchError(str(exc)) from exc
 
     async def stop(self) -> None:
         if self.process is not None:
-            await _end(self.process, 10.0)
+            await asyncio.to_thread(stop_process, self.process)
 
 
 async def _end(process: asyncio.subprocess.Process, grace: float) -> None:
@@ -414,13 +397,12 @@ async def run_fanout(
             overrides.update(mqtt_url=None, embedded_broker_port=free_port(HOST))
         else:
             if mosquitto_url is None:
-                binary = mosquitto_binary()
-                if binary is None:
+                if mosquitto_binary() is None:
                     raise MosquittoMissing(
                         "mosquitto is not installed (looked on PATH and in /usr/sbin): install it "
                         "(apt-get install mosquitto) or give --mosquitto-url mqtt://host:port"
                     )
-                mosquitto = Mosquitto(binary, workdir)
+                mosquitto = Mosquitto(workdir)
                 await mosquitto.start()
                 mosquitto_url = mosquitto.url
             overrides["mqtt_url"] = mosquitto_url

@@ -9,9 +9,6 @@ other's retained messages.
 """
 
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from controller.embedded_broker import EmbeddedBroker, free_port
 from controller.settings import Settings, load_settings
-from deploy.mosquitto import mosquitto_binary
+from deploy.mosquitto import mosquitto_binary, run_mosquitto, stop_process
 from tests.live import LiveServer
 
 POSTGRES_URL = os.environ.get("CUNXIANG_TEST_POSTGRES_URL")
@@ -37,27 +34,15 @@ def embedded_broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = mosquitto_binary()
-    if binary is None:
+    if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
     port = free_port()
-    config = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    config.write_text(
+    config = (
         f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\n"
     )
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail(f"mosquitto did not start: {process.stderr.read().decode() if process.stderr else ''}")
+    process = run_mosquitto(config, tmp_path_factory.mktemp("mosquitto"), port)
     yield f"mqtt://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
+    stop_process(process)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

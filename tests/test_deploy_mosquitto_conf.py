@@ -1,15 +1,15 @@
 """deploy/mosquitto.conf is a working Mosquitto configuration, and the controller logs in to it."""
 
 import getpass
+import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controller.embedded_broker import free_port
-from deploy.mosquitto import mosquitto_binary
+from deploy.mosquitto import mosquitto_binary, run_mosquitto, stop_process
 from tests.conftest import make_settings
 from tests.live import LiveServer
 
@@ -18,8 +18,7 @@ CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto.conf"
 
 @pytest.fixture
 def deployed_mosquitto(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    binary = mosquitto_binary()
-    if binary is None or not Path("/usr/bin/mosquitto_passwd").exists():
+    if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto is not installed")
     port = free_port()
     passwords = tmp_path / "cunxiang.passwd"
@@ -33,13 +32,9 @@ def deployed_mosquitto(tmp_path: Path) -> Iterator[tuple[str, int]]:
         # Run as whoever runs the tests: as root, Mosquitto would drop to a user who cannot read tmp_path.
         + f"\nuser {getpass.getuser()}\n"
     )
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    process = subprocess.Popen([binary, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
-    time.sleep(0.5)
-    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    process = run_mosquitto(conf, tmp_path, port)
     yield "127.0.0.1", port
-    process.terminate()
-    process.wait(10)
+    stop_process(process)
 
 
 async def test_controller_logs_in_to_the_deployed_config_with_a_password(
