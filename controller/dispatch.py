@@ -9,6 +9,7 @@ last acknowledgement, so sending again is how acknowledgements lost on the way a
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from controller.bus import BusUnavailable, MqttBus
 from controller.metrics import Metrics
@@ -60,6 +61,16 @@ class Dispatcher:
         for live, _unfinished in self._tracker.unfinished(now_utc()):
             if live.state is BroadcastState.ACCEPTED:
                 await self.publish(live)
+
+    async def retry_overdue(self, is_online: Callable[[str], bool]) -> None:
+        """Send again to online terminals whose `received` is overdue (offline ones get it at their birth)."""
+        for live, terminals in self._tracker.due_retries(now_utc()):
+            online = [t for t in terminals if is_online(t)]
+            for terminal_id in set(terminals) - set(online):
+                live.retries.pop(terminal_id, None)
+            if online:
+                self._metrics.delivery_retries.inc(len(online))
+                await self.resend(live, online)
 
     async def resume(self) -> None:
         """After (re)connecting: publish what never was; resend to every terminal not yet finished."""

@@ -47,6 +47,11 @@ class Metrics:
             "Acknowledgements that would move a delivery backwards or out of a final state",
             registry=r,
         )
+        self.delivery_retries = Counter(
+            "cunxiang_delivery_retries_total",
+            "Commands sent again to a terminal whose `received` was overdue",
+            registry=r,
+        )
         self.db_flushes = Counter("cunxiang_db_flushes_total", "Batched database writes", registry=r)
         self.db_flush_errors = Counter("cunxiang_db_flush_errors_total", "Failed batched writes", registry=r)
         self.db_rows_refused = Counter(

@@ -64,7 +64,13 @@ class Controller:
         self.writer = DbWriter(
             self.engine, self.metrics, interval=settings.ack_batch_interval_s, max_rows=settings.ack_batch_max
         )
-        self.tracker = DeliveryTracker(self.writer, self.metrics, playback_grace=PLAYBACK_GRACE)
+        self.tracker = DeliveryTracker(
+            self.writer,
+            self.metrics,
+            playback_grace=PLAYBACK_GRACE,
+            retry_after=settings.retry_after_s,
+            retry_max_interval=settings.retry_max_interval_s,
+        )
         self.presence = PresenceTracker(self.writer, self.metrics)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
@@ -225,13 +231,14 @@ class Controller:
             self._spawn(self.dispatcher.resume())
 
     async def _sweep(self) -> None:
-        """Expire what is due; retry first publishes that the broker did not take."""
+        """Expire what is due; retry first publishes the broker did not take, and overdue terminals."""
         while True:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
             try:
                 self.tracker.sweep(now_utc())
                 if self.connected and self.dispatcher is not None:
                     await self.dispatcher.retry_unpublished()
+                    await self.dispatcher.retry_overdue(lambda t: self.presence_of(t) == Presence.ONLINE)
             except Exception:
                 log.exception("expiry sweep failed; trying again next round")
 

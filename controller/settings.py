@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     ack_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
     ack_batch_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.05
     expiry_sweep_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retry_after_s: Annotated[float, Field(gt=0, le=600)] = 3.0
+    retry_max_interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_expires_in_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     log_level: str = "INFO"

@@ -15,6 +15,7 @@ from controller.delivery import FINAL_STATES, STATE_FOR_STAGE, UNACKNOWLEDGED_ST
 from controller.metrics import Metrics
 from controller.models import Broadcast, BroadcastState, Delivery
 from controller.writer import DbWriter
+from devices.backoff import backoff_delay
 from devices.messages import Ack
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class LiveBroadcast:
     states: dict[str, DeliveryState]
     state: BroadcastState = BroadcastState.ACCEPTED
     open: int = field(init=False)
+    retries: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    """terminal → (sends so far, when to send again if it has not acknowledged `received` by then)"""
 
     def __post_init__(self) -> None:
         self.open = sum(1 for state in self.states.values() if state not in FINAL_STATES)
@@ -53,10 +56,20 @@ class AckOutcome:
 class DeliveryTracker:
     """Live delivery states, the single place where they change."""
 
-    def __init__(self, writer: DbWriter, metrics: Metrics, *, playback_grace: timedelta) -> None:
+    def __init__(
+        self,
+        writer: DbWriter,
+        metrics: Metrics,
+        *,
+        playback_grace: timedelta,
+        retry_after: float = 3.0,
+        retry_max_interval: float = 60.0,
+    ) -> None:
         self._writer = writer
         self._metrics = metrics
         self._grace = playback_grace
+        self._retry_after = retry_after
+        self._retry_max = retry_max_interval
         self._live: dict[str, LiveBroadcast] = {}
         self._recently_over: OrderedDict[str, None] = OrderedDict()
         self._deliveries = Delivery.__table__  # type: ignore[attr-defined]
@@ -99,8 +112,24 @@ class DeliveryTracker:
             live.state = BroadcastState.ACTIVE
             self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
         for terminal_id in terminal_ids if terminal_ids is not None else list(live.states):
-            if live.states.get(terminal_id) is DeliveryState.PENDING:
+            state = live.states.get(terminal_id)
+            if state is DeliveryState.PENDING:
                 self._move(live, terminal_id, DeliveryState.SENT, at)
+            if state in UNACKNOWLEDGED_STATES:
+                sends = live.retries.get(terminal_id, (0, at))[0] + 1
+                delay = backoff_delay(sends, self._retry_after, self._retry_max)
+                live.retries[terminal_id] = (sends, at + timedelta(seconds=delay))
+
+    def due_retries(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
+        """Terminals whose `received` is overdue, per unexpired broadcast (the caller sends again)."""
+        due = []
+        for live in self._live.values():
+            if now >= live.expires_at:
+                continue
+            terminals = [t for t, (_sends, at) in live.retries.items() if at <= now]
+            if terminals:
+                due.append((live, terminals))
+        return due
 
     def on_ack(self, ack: Ack, at: datetime) -> str | None:
         """Apply one acknowledgement; returns a rejection label if it named nothing we track."""
@@ -138,6 +167,8 @@ class DeliveryTracker:
         by: str | None = None,
     ) -> None:
         live.states[terminal_id] = new
+        if new not in UNACKNOWLEDGED_STATES:
+            live.retries.pop(terminal_id, None)
         values: dict[str, object] = {"state": new.value, "updated_at": at}
         if new in FINAL_STATES:
             values.update(finished_at=at, reason=reason, detail=detail, by_command=by)

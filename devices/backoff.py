@@ -1,7 +1,8 @@
-"""How long to wait before reconnecting: exponential backoff with jitter, shared by every MQTT client.
+"""How long to wait before trying again: exponential backoff with jitter.
 
-Jitter matters here: when a broker restarts, a county's terminals all lose it at once, and
-without it they would all come back in the same instant.
+Used for reconnecting (every MQTT client) and for sending a command again to a terminal that has
+not answered. Jitter matters here: when a broker restarts, a county's terminals all lose it at
+once, and without it they would all come back, and be retried, in the same instant.
 """
 
 import random
@@ -11,7 +12,17 @@ BACKOFF_MAX_S = 30.0
 _RNG = random.Random()
 
 
-def reconnect_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds before reconnect attempt `attempt` (1, 2, ...): doubling up to 30 s, times 0.5–1."""
-    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (max(attempt, 1) - 1))
+def backoff_delay(
+    attempt: int,
+    first: float = BACKOFF_FIRST_S,
+    maximum: float = BACKOFF_MAX_S,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds before attempt `attempt` (1, 2, ...): `first`, doubling up to `maximum`, times 0.5–1."""
+    base = min(maximum, first * 2.0 ** (max(attempt, 1) - 1))
     return base * (rng or _RNG).uniform(0.5, 1.0)
+
+
+def reconnect_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before reconnect attempt `attempt`: from 1 s, doubling up to 30 s, with jitter."""
+    return backoff_delay(attempt, rng=rng)

@@ -22,6 +22,8 @@ class Behaviour:
     start_delay_s: tuple[float, float] = (0.05, 0.3)
     heartbeat_interval_s: int = 30
     firmware: str = "sim-1.0.0"
+    drop_first_commands: int = 0
+    """Commands lost on the way in (a weak 4G link): the first this many never reach the terminal."""
 
     def start_delay(self, rng: random.Random) -> float:
         return rng.uniform(*self.start_delay_s)

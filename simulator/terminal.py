@@ -52,6 +52,7 @@ class SimulatedTerminal:
         self._player: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         self.commands_seen = 0
+        self.commands_dropped = 0
 
     async def run(self) -> None:
         """Stay connected until cancelled; say goodbye (`offline`) when cancelled."""
@@ -75,6 +76,9 @@ class SimulatedTerminal:
                     heartbeat = asyncio.create_task(self._heartbeats(client))
                     try:
                         async for message in client.messages:
+                            if self.commands_dropped < self._behaviour.drop_first_commands:
+                                self.commands_dropped += 1
+                                continue
                             await self._carry_out(self.core.on_payload(bytes(message.payload), now_utc()))
                     except asyncio.CancelledError:
                         if self._player is not None:

@@ -122,3 +122,17 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
 
 def specs_in(villages: list[str], per_village: int = 1) -> list[SimulatedSpec]:
     return fleet_for_villages(villages, per_village)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(selector + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def metrics_text(live: LiveServer) -> str:
+    response = await live.http.get("/metrics")
+    assert response.status_code == 200
+    return response.text

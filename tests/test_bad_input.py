@@ -7,21 +7,7 @@ import aiomqtt
 import pytest
 
 from devices.messages import Ack, AckStage, encode
-from tests.live import LiveServer, eventually, specs_in
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    selector = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(selector + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def metrics_text(live: LiveServer) -> str:
-    response = await live.http.get("/metrics")
-    assert response.status_code == 200
-    return response.text
+from tests.live import LiveServer, eventually, metric, metrics_text, specs_in
 
 
 async def publish_raw(live: LiveServer, messages: list[tuple[str, bytes]]) -> None:

@@ -3,7 +3,7 @@
 from controller.embedded_broker import EmbeddedBroker, free_port
 from controller.regions import villages_under
 from tests.conftest import make_settings
-from tests.live import LiveServer, eventually, specs_in
+from tests.live import LiveServer, eventually, metric, metrics_text, specs_in
 
 
 async def test_alert_accepted_while_broker_is_down_is_delivered_after_restart(sqlite_url: str) -> None:
@@ -91,4 +91,26 @@ async def test_after_a_restart_only_unfinished_terminals_are_sent_the_alert_agai
         assert report["counts"]["completed"] == 2
     finally:
         await second.stop()
+        broker.stop()
+
+
+async def test_terminal_that_drops_the_first_command_gets_it_again_and_completes(sqlite_url: str) -> None:
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    broker.start()
+    settings = make_settings(sqlite_url, broker.url, retry_after_s=0.3)
+    try:
+        async with LiveServer(settings) as live:
+            villages = await live.controller.writer.call(lambda s: villages_under(s, "421202108"))
+            deaf, fine = specs_in([v.code for v in villages], per_village=1)[:2]
+            await live.register([deaf, fine])
+            async with live.fleet([deaf], drop_first_commands=2) as weak, live.fleet([fine]):
+                accepted = await live.send(
+                    kind="emergency", level=1, regions=["421202108"], text="x", expires_in=60
+                )
+                report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
+                assert weak.terminals[0].commands_dropped == 2
+            retries = metric(await metrics_text(live), "cunxiang_delivery_retries_total")
+        assert report["counts"]["completed"] == 2
+        assert retries >= 2
+    finally:
         broker.stop()
