@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import broadcasts, regions, system, terminals
+from api.routes import broadcast_events, broadcasts, regions, system, terminals
 from controller.broadcasts import BroadcastRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(broadcasts.router, prefix="/api/v1")
+    app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)

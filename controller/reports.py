@@ -1,6 +1,6 @@
 """What an operator sees of a broadcast: totals per state, per region below the target, and who is silent."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -64,6 +64,21 @@ _WHY_BY_PRESENCE = {
 _WHY_CUT_OFF = "controller is cut off from the MQTT broker; the terminal's state is unknown"
 
 
+def tally(
+    deliveries: Iterable[tuple[str, str]], targets: list[str]
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Counts per delivery state, overall and per region one level below the targets.
+
+    `deliveries` are (terminal's region, state) pairs.
+    """
+    counts = zero_counts()
+    buckets: dict[str, dict[str, int]] = {}
+    for region, state in deliveries:
+        counts[state] += 1
+        buckets.setdefault(_bucket(region, targets), zero_counts())[state] += 1
+    return counts, buckets
+
+
 def _bucket(region_code: str, targets: list[str]) -> str:
     """The region one level below the target that a terminal's region falls in."""
     for target in targets:
@@ -102,14 +117,10 @@ def broadcast_report(
         .where(col(Delivery.broadcast_id) == broadcast_id)
         .order_by(Delivery.terminal_id)
     ).all()
-    counts = zero_counts()
-    buckets: dict[str, dict[str, int]] = {}
+    counts, buckets = tally(((region, state) for _, region, state, *_ in rows), broadcast.regions)
     silent: list[tuple[str, str, str]] = []
     failed: list[tuple[str, str, str, str]] = []
     for terminal_id, region, state, reason, detail, by_command in rows:
-        counts[state] += 1
-        bucket = buckets.setdefault(_bucket(region, broadcast.regions), zero_counts())
-        bucket[state] += 1
         if state in UNACKNOWLEDGED_STATES or (state == DeliveryState.EXPIRED and reason is None):
             silent.append((terminal_id, region, state))
         elif state in (DeliveryState.REJECTED, DeliveryState.FAILED, DeliveryState.PREEMPTED):
@@ -137,7 +148,7 @@ def broadcast_report(
         SilentTerminal(id=terminal_id, region=region, state=state, presence=presence_of(terminal_id), why=why)
         for terminal_id, region, state, why in listed_failed
     ]
-    names = region_names(session, buckets)
+    by_region = region_totals(session, buckets)
     return BroadcastReport(
         id=broadcast.id,
         state=broadcast.state,
@@ -150,15 +161,28 @@ def broadcast_report(
         finished_at=broadcast.finished_at,
         terminals=broadcast.terminals,
         counts=counts,
-        by_region=[
-            RegionTotals(code=code, name=names.get(code), terminals=sum(c.values()), counts=c)
-            for code, c in sorted(buckets.items())
-        ],
+        by_region=by_region,
         unacknowledged_total=len(silent),
         unacknowledged=unacknowledged,
         failures_total=len(failed),
         failures=failures,
     )
+
+
+def region_totals(session: Session, buckets: dict[str, dict[str, int]]) -> list[RegionTotals]:
+    names = region_names(session, buckets)
+    return [
+        RegionTotals(code=code, name=names.get(code), terminals=sum(c.values()), counts=c)
+        for code, c in sorted(buckets.items())
+    ]
+
+
+def delivery_regions(session: Session, broadcast_id: str) -> dict[str, str]:
+    """terminal → its region, as recorded when the broadcast was accepted."""
+    rows = session.exec(
+        select(Delivery.terminal_id, Delivery.region_code).where(Delivery.broadcast_id == broadcast_id)
+    ).all()
+    return dict(rows)
 
 
 def _stored_presence(session: Session, terminal_ids: list[str]) -> dict[str, str]:

@@ -83,6 +83,9 @@ class DeliveryTracker:
     def live(self) -> list[LiveBroadcast]:
         return list(self._live.values())
 
+    def find(self, broadcast_id: str) -> LiveBroadcast | None:
+        return self._live.get(broadcast_id)
+
     def unfinished(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
         """Unexpired live broadcasts with the terminals that have not reached a final state."""
         return [
