@@ -6,13 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from controller.embedded_broker import free_port
+from tests.processes import follow, wait_for
 
 
 def occupied_port() -> socket.socket:
@@ -74,29 +74,6 @@ def test_demo_picks_free_ports_and_an_alert_reaches_the_simulated_terminals(tmp_
     wait_for(lines, demo, "Application shutdown complete", timeout=5)
     assert "Traceback" not in "".join(lines)
     assert (tmp_path / "cunxiang.db").exists()
-
-
-def follow(process: subprocess.Popen[str]) -> list[str]:
-    """The process's output lines, collected on a thread so a silent process cannot hang the test."""
-    lines: list[str] = []
-    stream = process.stdout
-    assert stream is not None
-
-    def pump() -> None:
-        for line in iter(stream.readline, ""):
-            lines.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def wait_for(lines: list[str], process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while not any(marker in line for line in list(lines)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {marker!r} from the demo (exit {process.poll()}):\n" + "".join(lines))
-        time.sleep(0.1)
-    return "".join(lines)
 
 
 def test_serve_with_the_embedded_broker_port_taken_says_so_and_exits_1(tmp_path: Path) -> None:

@@ -1,0 +1,89 @@
+"""Kill the controller (SIGKILL) in the middle of a broadcast, start it again: nothing is lost.
+
+Real processes: Mosquitto, `cunxiang serve` and `cunxiang simulate`, over real TCP and a real
+SQLite file.
+"""
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.embedded_broker import free_port
+from tests.processes import clean_env, cunxiang, follow, wait_for
+
+
+def report(base: str, broadcast_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{base}/api/v1/broadcasts/{broadcast_id}", timeout=10).json()
+    return body
+
+
+def until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_sigkill_mid_broadcast_then_restart_completes_every_terminal(
+    tmp_path: Path, mosquitto_url: str
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = clean_env(mqtt_url=mosquitto_url, database_url=f"sqlite:///{tmp_path / 'cx.db'}", retry_after_s="1")
+    serve = cunxiang("serve", "--port", str(port), env=env, cwd=str(tmp_path))
+    simulate = None
+    try:
+        wait_for(follow(serve), serve, "Application startup complete", timeout=60)
+        simulate = cunxiang(
+            "simulate",
+            "--region",
+            "421202",
+            "--per-village",
+            "1",
+            "--playback",
+            "4",
+            "--register",
+            base,
+            env=env,
+            cwd=str(tmp_path),
+        )
+        wait_for(follow(simulate), simulate, "simulated terminals online", timeout=90)
+        body = {"kind": "emergency", "level": 1, "regions": ["421202"], "text": "溃坝预警", "expires_in": 300}
+        accepted = httpx.post(f"{base}/api/v1/broadcasts", json=body, timeout=30).json()
+        assert accepted["terminals"] == 197
+        until(lambda: report(base, accepted["id"])["counts"]["playing"] > 100, 30, "terminals playing")
+
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(10)
+        before = states_in_db(tmp_path / "cx.db", accepted["id"])
+        assert sum(before.values()) == 197
+        assert before.get("playing", 0) + before.get("received", 0) > 0
+        assert before.get("completed", 0) < 197
+
+        serve = cunxiang("serve", "--port", str(port), env=env, cwd=str(tmp_path))
+        wait_for(follow(serve), serve, "Application startup complete", timeout=60)
+        final = until(
+            lambda: (r := report(base, accepted["id"]))["state"] == "finished" and r,
+            60,
+            "the broadcast to finish",
+        )
+        assert final["counts"]["completed"] == 197
+        assert final["unacknowledged"] == [] and final["failures"] == []
+    finally:
+        for process in (simulate, serve):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.wait(30)
+
+
+def states_in_db(path: Path, broadcast_id: str) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        query = "SELECT state, count(*) FROM delivery WHERE broadcast_id = ? GROUP BY state"
+        return dict(db.execute(query, (broadcast_id,)).fetchall())
