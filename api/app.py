@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.routes import broadcast_events, broadcasts, regions, system, terminals
-from controller.broadcasts import BroadcastRejected
+from controller.broadcasts import BroadcastConflict, BroadcastNotFound, BroadcastRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
 from controller.terminals import TerminalsRejected
@@ -42,6 +42,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(TerminalsRejected)
     async def unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(BroadcastNotFound)
+    async def not_found(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(BroadcastConflict)
+    async def conflict(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(NotAccepting)
     async def unavailable(_request: Request, exc: Exception) -> JSONResponse:

@@ -12,10 +12,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sqlalchemy import insert, or_
 from sqlmodel import Session, col, select
 
-from controller.delivery import DeliveryState
+from controller.delivery import UNCONFIRMED, DeliveryState
 from controller.models import Broadcast, BroadcastState, Delivery, Terminal
 from controller.regions import missing_regions
-from devices.messages import AudioRef, Command, Content, RegionCode, encode
+from devices.messages import AudioRef, Cancel, Command, Content, RegionCode, encode
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 
 
@@ -55,6 +55,14 @@ class BroadcastRequest(BaseModel):
 
 class BroadcastRejected(ValueError):
     """A request that is well-formed but cannot be carried out (unknown region, expiry passed)."""
+
+
+class BroadcastNotFound(LookupError):
+    """No broadcast with that id."""
+
+
+class BroadcastConflict(ValueError):
+    """The request does not fit the broadcast's state (cancelling one that is over)."""
 
 
 def new_broadcast_id(now: datetime) -> str:
@@ -133,16 +141,34 @@ def accept(session: Session, request: BroadcastRequest, command: Command) -> tup
     return broadcast, terminals
 
 
-def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, DeliveryState]]]:
-    """Broadcasts not yet over, with their delivery states, for a controller that (re)starts."""
-    live = [BroadcastState.ACCEPTED, BroadcastState.ACTIVE]
+def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, DeliveryState], set[str]]]:
+    """Broadcasts not yet over, with their delivery states and the terminals still owed a cancel,
+    for a controller that (re)starts."""
+    live = [BroadcastState.ACCEPTED, BroadcastState.ACTIVE, BroadcastState.CANCELLING]
     broadcasts = session.exec(select(Broadcast).where(col(Broadcast.state).in_(live))).all()
     states: dict[str, dict[str, DeliveryState]] = {b.id: {} for b in broadcasts}
+    owed: dict[str, set[str]] = {b.id: set() for b in broadcasts}
     rows = session.exec(
-        select(Delivery.broadcast_id, Delivery.terminal_id, Delivery.state)
+        select(Delivery.broadcast_id, Delivery.terminal_id, Delivery.state, Delivery.reason)
         .join(Broadcast)
         .where(col(Broadcast.state).in_(live))
     ).all()
-    for broadcast_id, terminal_id, state in rows:
+    for broadcast_id, terminal_id, state, reason in rows:
         states[broadcast_id][terminal_id] = DeliveryState(state)
-    return [(broadcast, states[broadcast.id]) for broadcast in broadcasts]
+        if state == DeliveryState.CANCELLED and reason == UNCONFIRMED:
+            owed[broadcast_id].add(terminal_id)
+    return [(broadcast, states[broadcast.id], owed[broadcast.id]) for broadcast in broadcasts]
+
+
+def record_cancel(session: Session, broadcast_id: str, cancel: Cancel) -> Broadcast:
+    """Store that the broadcast is being cancelled, with the exact cancel payload to send."""
+    broadcast = session.get(Broadcast, broadcast_id)
+    if broadcast is None:
+        raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
+    if broadcast.state not in (BroadcastState.ACCEPTED, BroadcastState.ACTIVE):
+        raise BroadcastConflict(f"broadcast {broadcast_id} is {broadcast.state}; there is nothing to cancel")
+    broadcast.state = BroadcastState.CANCELLING
+    broadcast.cancel_command = encode(cancel).decode()
+    session.add(broadcast)
+    session.commit()
+    return broadcast

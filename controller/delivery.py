@@ -38,6 +38,8 @@ FINAL_STATES = frozenset(
     }
 )
 UNACKNOWLEDGED_STATES = frozenset({DeliveryState.PENDING, DeliveryState.SENT})
+# The reason of a delivery the controller marked `cancelled` before the terminal confirmed it.
+UNCONFIRMED = "unconfirmed"
 
 _RANK = {DeliveryState.PENDING: 0, DeliveryState.SENT: 1, DeliveryState.RECEIVED: 2, DeliveryState.PLAYING: 3}
 _FINAL_RANK = 4
@@ -49,6 +51,7 @@ STATE_FOR_STAGE = {
     AckStage.PREEMPTED: DeliveryState.PREEMPTED,
     AckStage.REJECTED: DeliveryState.REJECTED,
     AckStage.FAILED: DeliveryState.FAILED,
+    AckStage.CANCELLED: DeliveryState.CANCELLED,
 }
 
 

@@ -40,8 +40,10 @@ class BroadcastState(StrEnum):
 
     ACCEPTED = "accepted"
     ACTIVE = "active"
+    CANCELLING = "cancelling"
     FINISHED = "finished"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
 
 class Region(SQLModel, table=True):
@@ -76,6 +78,7 @@ class Broadcast(SQLModel, table=True):
     state: str = Field(default=BroadcastState.ACCEPTED, max_length=16, index=True)
     terminals: int = 0
     command: str = Field(description="the exact command payload, republished byte for byte")
+    cancel_command: str | None = Field(default=None, description="the cancel payload, once cancelled")
     finished_at: datetime | None = _utc_column(default=None)
 
 

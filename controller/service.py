@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Coroutine
 from datetime import timedelta
 from typing import Any
 
-from controller.broadcasts import BroadcastRequest, accept, build_command, live_broadcasts, new_broadcast_id
+from controller.broadcasts import (
+    BroadcastNotFound,
+    BroadcastRequest,
+    accept,
+    build_command,
+    live_broadcasts,
+    new_broadcast_id,
+    record_cancel,
+)
 from controller.bus import BrokerAddress, MqttBus
 from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
@@ -32,12 +40,14 @@ from controller.writer import DbWriter
 from devices.errors import ProtocolError
 from devices.messages import (
     Ack,
+    Cancel,
     ControllerStatus,
     Heartbeat,
     Presence,
     TerminalStatus,
     decode,
     encode,
+    is_command_id,
     now_utc,
 )
 from devices.topics import TerminalChannel
@@ -92,8 +102,8 @@ class Controller:
         if loaded:
             log.info("loaded %d bundled administrative regions (咸宁市)", loaded)
         self.presence.load(await self.writer.call(all_terminals))
-        for broadcast, states in await self.writer.call(live_broadcasts):
-            self.tracker.track(_live(broadcast, states), now_utc())
+        for broadcast, states, owed_cancel in await self.writer.call(live_broadcasts):
+            self.tracker.track(_live(broadcast, states, owed_cancel), now_utc())
         address = await self._broker_address()
         self.bus = MqttBus(
             address,
@@ -162,6 +172,33 @@ class Controller:
         )
         await self.dispatcher.publish(live)
         broadcast.state = live.state
+        return broadcast
+
+    async def cancel(self, broadcast_id: str) -> Broadcast:
+        """Cancel a broadcast: stored first, then sent to its regions (and later to stragglers).
+
+        Raises BroadcastNotFound, or BroadcastConflict when it is already over or being cancelled.
+        """
+        if not self.accepting or self.dispatcher is None:
+            raise NotAccepting("the controller is not accepting commands")
+        if not is_command_id(broadcast_id):
+            raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
+        await self.writer.flush()
+        now = now_utc()
+        cancel = Cancel(
+            id=new_broadcast_id(now),
+            op="cancel",
+            cancels=broadcast_id,
+            issuer_region=self.settings.county_region,
+            issued_at=now,
+        )
+        broadcast = await self.writer.call(lambda session: record_cancel(session, broadcast_id, cancel))
+        live = self.tracker.find(broadcast_id)
+        if live is not None:
+            self.tracker.cancel(live, encode(cancel), cancel.id, now)
+            log.info("broadcast %s cancelled by %s", broadcast_id, cancel.id)
+            await self.dispatcher.publish(live)
+            broadcast.state = live.state
         return broadcast
 
     async def register(self, specs: list[TerminalSpec]) -> tuple[int, int]:
@@ -293,12 +330,15 @@ async def _step(what: str, work: Awaitable[None]) -> None:
         log.exception("shutdown: could not %s", what)
 
 
-def _live(broadcast: Broadcast, states: dict[str, DeliveryState]) -> LiveBroadcast:
+def _live(
+    broadcast: Broadcast, states: dict[str, DeliveryState], owed_cancel: set[str] | None = None
+) -> LiveBroadcast:
     return LiveBroadcast(
         id=broadcast.id,
         expires_at=broadcast.expires_at,
         regions=broadcast.regions,
-        payload=broadcast.command.encode(),
+        payload=(broadcast.cancel_command or broadcast.command).encode(),
         states=states,
         state=BroadcastState(broadcast.state),
+        owed_cancel=owed_cancel or set(),
     )

@@ -11,7 +11,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from controller.delivery import FINAL_STATES, STATE_FOR_STAGE, UNACKNOWLEDGED_STATES, DeliveryState, can_move
+from controller.delivery import (
+    FINAL_STATES,
+    STATE_FOR_STAGE,
+    UNACKNOWLEDGED_STATES,
+    UNCONFIRMED,
+    DeliveryState,
+    can_move,
+)
 from controller.metrics import Metrics
 from controller.models import Broadcast, BroadcastState, Delivery
 from controller.writer import DbWriter
@@ -40,6 +47,13 @@ class LiveBroadcast:
     open: int = field(init=False)
     retries: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """terminal → (sends so far, when to send again if it has not acknowledged `received` by then)"""
+    owed_cancel: set[str] = field(default_factory=set)
+    """terminals marked cancelled before they answered: they may still hold the command (a broker
+    queue, a late retry), so they are sent the cancel until they confirm or the broadcast expires"""
+
+    @property
+    def over(self) -> bool:
+        return self.open == 0 and not self.owed_cancel
 
     def __post_init__(self) -> None:
         self.open = sum(1 for state in self.states.values() if state not in FINAL_STATES)
@@ -77,7 +91,7 @@ class DeliveryTracker:
 
     def track(self, broadcast: LiveBroadcast, at: datetime) -> None:
         self._live[broadcast.id] = broadcast
-        if broadcast.open == 0:
+        if broadcast.over:
             self._finish(broadcast, at)
 
     def live(self) -> list[LiveBroadcast]:
@@ -89,7 +103,10 @@ class DeliveryTracker:
     def unfinished(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
         """Unexpired live broadcasts with the terminals that have not reached a final state."""
         return [
-            (live, [t for t, state in live.states.items() if state not in FINAL_STATES])
+            (
+                live,
+                [t for t, state in live.states.items() if state not in FINAL_STATES or t in live.owed_cancel],
+            )
             for live in self._live.values()
             if now < live.expires_at
         ]
@@ -100,7 +117,10 @@ class DeliveryTracker:
             live
             for live in self._live.values()
             if now < live.expires_at
-            and live.states.get(terminal_id, DeliveryState.COMPLETED) not in FINAL_STATES
+            and (
+                live.states.get(terminal_id, DeliveryState.COMPLETED) not in FINAL_STATES
+                or terminal_id in live.owed_cancel
+            )
         ]
 
     def mark_sent(self, live: LiveBroadcast, terminal_ids: list[str] | None, at: datetime) -> None:
@@ -123,6 +143,15 @@ class DeliveryTracker:
                 delay = backoff_delay(sends, self._retry_after, self._retry_max)
                 live.retries[terminal_id] = (sends, at + timedelta(seconds=delay))
 
+    def cancel(self, live: LiveBroadcast, payload: bytes, cancel_id: str, at: datetime) -> None:
+        """From now on send `payload` (the cancel) instead of the command; whoever has not
+        acknowledged it yet will never play it. Terminals that did are cancelled by their ack."""
+        live.payload, live.state = payload, BroadcastState.CANCELLING
+        for terminal_id, state in list(live.states.items()):
+            if state in UNACKNOWLEDGED_STATES:
+                live.owed_cancel.add(terminal_id)
+                self._move(live, terminal_id, DeliveryState.CANCELLED, at, reason=UNCONFIRMED, by=cancel_id)
+
     def due_retries(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
         """Terminals whose `received` is overdue, per unexpired broadcast (the caller sends again)."""
         due = []
@@ -143,6 +172,9 @@ class DeliveryTracker:
         if current is None:
             return AckOutcome.NOT_TARGETED
         new = STATE_FOR_STAGE[ack.stage]
+        if ack.terminal_id in live.owed_cancel and new in FINAL_STATES:
+            self._confirm_cancel(live, ack, new, at)
+            return None
         if not can_move(current, new):
             self._metrics.delivery_ignored.inc()
             return None
@@ -154,6 +186,12 @@ class DeliveryTracker:
         for live in list(self._live.values()):
             if now < live.expires_at:
                 continue
+            if live.owed_cancel:
+                # An expired command is never started, so nobody still needs the cancel.
+                live.owed_cancel.clear()
+                if live.over:
+                    self._finish(live, now)
+                    continue
             late = now >= live.expires_at + self._grace
             for terminal_id, state in list(live.states.items()):
                 if state in UNACKNOWLEDGED_STATES or (late and state not in FINAL_STATES):
@@ -180,12 +218,25 @@ class DeliveryTracker:
             values[_TIMESTAMP_COLUMN[new]] = at
         self._writer.update(self._deliveries, (live.id, terminal_id), values)
         self._metrics.delivery_transitions.labels(new.value).inc()
-        if live.open == 0:
+        if live.over:
+            self._finish(live, at)
+
+    def _confirm_cancel(self, live: LiveBroadcast, ack: Ack, final: DeliveryState, at: datetime) -> None:
+        """A terminal we had marked cancelled says how it really ended (`cancelled`, or `completed`
+        if it played before the cancel reached it): record that instead."""
+        live.owed_cancel.discard(ack.terminal_id)
+        live.states[ack.terminal_id] = final
+        values = {"state": final.value, "reason": ack.reason, "detail": ack.detail, "by_command": ack.by}
+        self._writer.update(self._deliveries, (live.id, ack.terminal_id), values | {"updated_at": at})
+        if live.over:
             self._finish(live, at)
 
     def _finish(self, live: LiveBroadcast, at: datetime) -> None:
         expired = any(state is DeliveryState.EXPIRED for state in live.states.values())
-        live.state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
+        if live.state is BroadcastState.CANCELLING:
+            live.state = BroadcastState.CANCELLED
+        else:
+            live.state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
         self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value, "finished_at": at})
         del self._live[live.id]
         self._recently_over[live.id] = None

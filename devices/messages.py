@@ -5,6 +5,7 @@ ignored on decoding, so a v1 reader accepts messages from a newer minor revision
 """
 
 import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -17,6 +18,7 @@ from devices.identifiers import REGION_CODE_PATTERN, TERMINAL_ID_PATTERN
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
+_COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
 DETAIL_MAX = 500
 # Sessions are 64-bit (milliseconds since 1970 fit for 292 million years).
 SESSION_MAX = 2**63 - 1
@@ -93,8 +95,18 @@ class Command(WireModel):
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
 
+class Cancel(WireModel):
+    """An instruction to stop command `cancels` if it is playing, and never to start it. Never retained."""
+
+    id: CommandId
+    op: Literal["cancel"]
+    cancels: CommandId
+    issuer_region: RegionCode
+    issued_at: AwareDatetime
+
+
 class AckStage(StrEnum):
-    """How far a terminal got with a command; the last four end it."""
+    """How far a terminal got with a command; the last five end it."""
 
     RECEIVED = "received"
     PLAYING = "playing"
@@ -102,6 +114,7 @@ class AckStage(StrEnum):
     PREEMPTED = "preempted"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class AckReason(StrEnum):
@@ -116,6 +129,9 @@ class AckReason(StrEnum):
 
 
 _STAGES_NEEDING_REASON = {AckStage.PREEMPTED, AckStage.REJECTED, AckStage.FAILED}
+FINAL_STAGES = frozenset(
+    {AckStage.COMPLETED, AckStage.PREEMPTED, AckStage.REJECTED, AckStage.FAILED, AckStage.CANCELLED}
+)
 
 
 class Ack(WireModel):
@@ -204,6 +220,10 @@ class Heartbeat(WireModel):
     playing: CommandId | None = None
 
 
+def is_command_id(value: object) -> bool:
+    return isinstance(value, str) and _COMMAND_ID.fullmatch(value) is not None
+
+
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON: the same value always gives the same bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -219,6 +239,16 @@ M = TypeVar("M", bound=WireModel)
 
 def decode(model: type[M], payload: bytes | bytearray | str) -> M:
     """Decode a payload; raises PayloadError with a metric-safe `reason` and a readable detail."""
+    return _validate(model, _load(payload))
+
+
+def decode_command(payload: bytes | bytearray | str) -> "Command | Cancel":
+    """Decode what arrives on a command topic: a `play` Command or a `cancel`, by its `op`."""
+    data = _load(payload)
+    return _validate(Cancel, data) if data.get("op") == "cancel" else _validate(Command, data)
+
+
+def _load(payload: bytes | bytearray | str) -> dict[str, Any]:
     try:
         text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
         data = json.loads(text)
@@ -231,6 +261,10 @@ def decode(model: type[M], payload: bytes | bytearray | str) -> M:
     version = data.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise PayloadError("unsupported_version", f"protocol version {str(version)[:20]!r}, expected 1")
+    return data
+
+
+def _validate(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,10 @@ start playing, a command to stop. The rules:
 - a command that has expired by the terminal's clock is rejected (`expired`);
 - while idle, a command is received and started;
 - while playing, a command of strictly higher priority pre-empts the current one (reported
-  `preempted`, `by` the new id); an equal or lower one is rejected (`busy`).
+  `preempted`, `by` the new id); an equal or lower one is rejected (`busy`);
+- a cancel stops its command if it is playing and answers `cancelled` (`by` the cancel's id); a
+  cancel for a command not seen yet is remembered, so the command never starts if it arrives
+  later; a cancel for a command already over is answered with that command's final ack.
 """
 
 import json
@@ -17,12 +20,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydantic import TypeAdapter
-
 from devices.errors import PayloadError
-from devices.messages import DETAIL_MAX, Ack, AckReason, AckStage, Command, CommandId, decode
-
-_COMMAND_ID: TypeAdapter[str] = TypeAdapter(CommandId)
+from devices.messages import (
+    DETAIL_MAX,
+    FINAL_STAGES,
+    Ack,
+    AckReason,
+    AckStage,
+    Cancel,
+    Command,
+    decode_command,
+    is_command_id,
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class TerminalCore:
     def on_payload(self, payload: bytes, now: datetime) -> Step:
         """A command payload arrived. A payload that cannot be decoded is rejected if it has an id."""
         try:
-            command = decode(Command, payload)
+            command = decode_command(payload)
         except PayloadError as exc:
             command_id = _salvage_id(payload)
             if command_id is None:
@@ -60,7 +69,21 @@ class TerminalCore:
                 else AckReason.BAD_PAYLOAD
             )
             return Step(acks=(self._ack(command_id, AckStage.REJECTED, now, reason, exc.detail),))
+        if isinstance(command, Cancel):
+            return self.on_cancel(command, now)
         return self.on_command(command, now)
+
+    def on_cancel(self, cancel: Cancel, now: datetime) -> Step:
+        """Stop the cancelled command if it plays and answer `cancelled` for it (its final ack if over)."""
+        target = cancel.cancels
+        previous = self._last_ack.get(target)
+        if previous is not None and previous.stage in FINAL_STAGES:
+            return Step(acks=(previous,))
+        ack = self._ack(target, AckStage.CANCELLED, now, by=cancel.id)
+        if self.current is not None and self.current.id == target:
+            self.current = None
+            return Step(acks=(ack,), stop=target)
+        return Step(acks=(ack,))
 
     def on_command(self, command: Command, now: datetime) -> Step:
         previous = self._last_ack.get(command.id)
@@ -150,6 +173,7 @@ def _salvage_id(payload: bytes) -> str | None:
     """The `id` of an undecodable command, if one can be read, so the terminal can say why it refused."""
     try:
         data = json.loads(payload)
-        return _COMMAND_ID.validate_python(data.get("id")) if isinstance(data, dict) else None
     except (ValueError, RecursionError):
         return None
+    command_id = data.get("id") if isinstance(data, dict) else None
+    return command_id if is_command_id(command_id) else None

@@ -380,7 +380,7 @@ def test_audio_ref_rejects_invalid_member(overrides: dict[str, Any]) -> None:
 # --- Ack ---------------------------------------------------------------------------------------
 
 STAGES_WITH_REASON = [AckStage.PREEMPTED, AckStage.REJECTED, AckStage.FAILED]
-STAGES_WITHOUT_REASON = [AckStage.RECEIVED, AckStage.PLAYING, AckStage.COMPLETED]
+STAGES_WITHOUT_REASON = [AckStage.RECEIVED, AckStage.PLAYING, AckStage.COMPLETED, AckStage.CANCELLED]
 
 
 def test_every_stage_is_classified_for_reasons() -> None:

@@ -41,6 +41,15 @@ async def send_broadcast(request: BroadcastRequest, controller: ControllerDep) -
     return await controller.submit(request)
 
 
+@router.post("/{broadcast_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=BroadcastAccepted)
+async def cancel_broadcast(broadcast_id: str, controller: ControllerDep) -> Broadcast:
+    """Stop it everywhere: terminals playing it stop and report `cancelled`; the rest never start it.
+
+    409 if it is already over or being cancelled.
+    """
+    return await controller.cancel(broadcast_id)
+
+
 @router.get("", response_model=list[BroadcastSummary])
 def recent_broadcasts(session: SessionDep, limit: int = 50) -> list[Broadcast]:
     limit = max(1, min(limit, 500))
