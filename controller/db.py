@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect, text
 from sqlmodel import SQLModel, create_engine
 
 from controller import models  # noqa: F401 -- registers the tables on SQLModel.metadata
@@ -29,5 +29,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create missing tables. (Migrations arrive with the first change to an existing table.)"""
+    """Create missing tables, and add missing nullable columns to existing ones.
+
+    That covers every schema change so far (each only added optional columns). A change that
+    renames, retypes or drops a column will need real migrations (Alembic).
+    """
     SQLModel.metadata.create_all(engine)
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            present = {column["name"] for column in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable:
+                    raise RuntimeError(f"table {table.name} lacks required column {column.name}: migrate it")
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))

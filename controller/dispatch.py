@@ -32,45 +32,62 @@ class Dispatcher:
         self._tracker = tracker
         self._topics = topics
         self._metrics = metrics
-        self._publishing: set[str] = set()
+        self._region_locks: dict[str, asyncio.Lock] = {}
 
     async def publish(self, live: LiveBroadcast) -> None:
         """First delivery to every target region; if the broker fails, `retry_unpublished` tries again."""
-        if live.open == 0 or live.id in self._publishing:
+        lock = self._region_lock(live.id)
+        if live.open == 0 or lock.locked():
             return
-        self._publishing.add(live.id)
-        try:
-            await asyncio.gather(
-                *(
-                    self._bus.publish(
-                        self._topics.region_command(region), live.payload, timeout=PUBLISH_TIMEOUT_S
-                    )
-                    for region in live.regions
-                )
-            )
-        except BusUnavailable as exc:
-            log.warning("broadcast %s not published yet (%s); will try again", live.id, exc.reason)
-            return
-        finally:
-            self._publishing.discard(live.id)
-        self._metrics.mqtt_published.labels("region_command").inc(len(live.regions))
-        self._tracker.mark_sent(live, None, now_utc())
+        async with lock:
+            if live.state is BroadcastState.ACCEPTED:
+                await self._publish_to_regions(live)
+
+    async def publish_cancel(self, live: LiveBroadcast) -> None:
+        """Send the cancel to every target region, after any publish of the command still in flight."""
+        async with self._region_lock(live.id):
+            live.cancel_published = await self._publish_to_regions(live)
 
     async def retry_unpublished(self) -> None:
-        """Publish broadcasts whose first publish failed (called periodically while connected)."""
+        """Region publishes (command or cancel) the broker did not take (called while connected)."""
         for live, _unfinished in self._tracker.unfinished(now_utc()):
             if live.state is BroadcastState.ACCEPTED:
                 await self.publish(live)
+            elif live.state is BroadcastState.CANCELLING and not live.cancel_published:
+                await self.publish_cancel(live)
 
     async def retry_overdue(self, is_online: Callable[[str], bool]) -> None:
-        """Send again to online terminals whose `received` is overdue (offline ones get it at their birth)."""
+        """Send again to online terminals whose answer is overdue (offline ones get it at their birth)."""
         for live, terminals in self._tracker.due_retries(now_utc()):
             online = [t for t in terminals if is_online(t)]
             for terminal_id in set(terminals) - set(online):
                 live.retries.pop(terminal_id, None)
             if online:
-                self._metrics.delivery_retries.inc(len(online))
-                await self.resend(live, online)
+                sent = await self.resend(live, online)
+                self._metrics.delivery_retries.inc(len(sent))
+                self._tracker.schedule_retries(live, [t for t in online if t not in sent], now_utc())
+
+    async def _publish_to_regions(self, live: LiveBroadcast) -> bool:
+        payload = live.payload
+        try:
+            await asyncio.gather(
+                *(
+                    self._bus.publish(self._topics.region_command(region), payload, timeout=PUBLISH_TIMEOUT_S)
+                    for region in live.regions
+                )
+            )
+        except BusUnavailable as exc:
+            log.warning("broadcast %s: region publish failed (%s); will try again", live.id, exc.reason)
+            return False
+        self._metrics.mqtt_published.labels("region_command").inc(len(live.regions))
+        self._tracker.mark_sent(live, None, now_utc())
+        return True
+
+    def _region_lock(self, broadcast_id: str) -> asyncio.Lock:
+        for other, lock in list(self._region_locks.items()):
+            if other != broadcast_id and not lock.locked() and self._tracker.find(other) is None:
+                del self._region_locks[other]
+        return self._region_locks.setdefault(broadcast_id, asyncio.Lock())
 
     async def resume(self) -> None:
         """After (re)connecting: publish what never was; resend to every terminal not yet finished."""
@@ -85,7 +102,8 @@ class Dispatcher:
         for live in self._tracker.unfinished_for(terminal_id, now_utc()):
             await self.resend(live, [terminal_id])
 
-    async def resend(self, live: LiveBroadcast, terminal_ids: list[str]) -> None:
+    async def resend(self, live: LiveBroadcast, terminal_ids: list[str]) -> list[str]:
+        """Send the broadcast's current payload to single terminals; returns those the broker took."""
         gate = asyncio.Semaphore(RESEND_CONCURRENCY)
 
         async def send(terminal_id: str) -> str | None:
@@ -108,3 +126,4 @@ class Dispatcher:
                 len(terminal_ids),
             )
         self._tracker.mark_sent(live, sent, now_utc())
+        return sent

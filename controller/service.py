@@ -197,7 +197,7 @@ class Controller:
         if live is not None:
             self.tracker.cancel(live, encode(cancel), cancel.id, now)
             log.info("broadcast %s cancelled by %s", broadcast_id, cancel.id)
-            await self.dispatcher.publish(live)
+            await self.dispatcher.publish_cancel(live)
             broadcast.state = live.state
         return broadcast
 

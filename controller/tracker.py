@@ -47,6 +47,7 @@ class LiveBroadcast:
     open: int = field(init=False)
     retries: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """terminal → (sends so far, when to send again if it has not acknowledged `received` by then)"""
+    cancel_published: bool = False
     owed_cancel: set[str] = field(default_factory=set)
     """terminals marked cancelled before they answered: they may still hold the command (a broker
     queue, a late retry), so they are sent the cancel until they confirm or the broadcast expires"""
@@ -54,6 +55,14 @@ class LiveBroadcast:
     @property
     def over(self) -> bool:
         return self.open == 0 and not self.owed_cancel
+
+    def awaits(self, terminal_id: str) -> bool:
+        """Whether an answer from this terminal is still awaited (and it is retried until then):
+        `received` for a command, or the end of it for a cancel."""
+        state = self.states.get(terminal_id)
+        if self.state is BroadcastState.CANCELLING:
+            return terminal_id in self.owed_cancel or state not in FINAL_STATES
+        return state in UNACKNOWLEDGED_STATES
 
     def __post_init__(self) -> None:
         self.open = sum(1 for state in self.states.values() if state not in FINAL_STATES)
@@ -135,10 +144,14 @@ class DeliveryTracker:
             live.state = BroadcastState.ACTIVE
             self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
         for terminal_id in terminal_ids if terminal_ids is not None else list(live.states):
-            state = live.states.get(terminal_id)
-            if state is DeliveryState.PENDING:
+            if live.states.get(terminal_id) is DeliveryState.PENDING:
                 self._move(live, terminal_id, DeliveryState.SENT, at)
-            if state in UNACKNOWLEDGED_STATES:
+        self.schedule_retries(live, terminal_ids if terminal_ids is not None else list(live.states), at)
+
+    def schedule_retries(self, live: LiveBroadcast, terminal_ids: list[str], at: datetime) -> None:
+        """After a send (or a failed attempt): when to try each terminal again if it stays silent."""
+        for terminal_id in terminal_ids:
+            if live.awaits(terminal_id):
                 sends = live.retries.get(terminal_id, (0, at))[0] + 1
                 delay = backoff_delay(sends, self._retry_after, self._retry_max)
                 live.retries[terminal_id] = (sends, at + timedelta(seconds=delay))
@@ -147,6 +160,8 @@ class DeliveryTracker:
         """From now on send `payload` (the cancel) instead of the command; whoever has not
         acknowledged it yet will never play it. Terminals that did are cancelled by their ack."""
         live.payload, live.state = payload, BroadcastState.CANCELLING
+        live.retries.clear()
+        self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
         for terminal_id, state in list(live.states.items()):
             if state in UNACKNOWLEDGED_STATES:
                 live.owed_cancel.add(terminal_id)
@@ -189,6 +204,7 @@ class DeliveryTracker:
             if live.owed_cancel:
                 # An expired command is never started, so nobody still needs the cancel.
                 live.owed_cancel.clear()
+                live.retries.clear()
                 if live.over:
                     self._finish(live, now)
                     continue
@@ -208,7 +224,7 @@ class DeliveryTracker:
         by: str | None = None,
     ) -> None:
         live.states[terminal_id] = new
-        if new not in UNACKNOWLEDGED_STATES:
+        if not live.awaits(terminal_id):
             live.retries.pop(terminal_id, None)
         values: dict[str, object] = {"state": new.value, "updated_at": at}
         if new in FINAL_STATES:
@@ -225,6 +241,7 @@ class DeliveryTracker:
         """A terminal we had marked cancelled says how it really ended (`cancelled`, or `completed`
         if it played before the cancel reached it): record that instead."""
         live.owed_cancel.discard(ack.terminal_id)
+        live.retries.pop(ack.terminal_id, None)
         live.states[ack.terminal_id] = final
         values = {"state": final.value, "reason": ack.reason, "detail": ack.detail, "by_command": ack.by}
         self._writer.update(self._deliveries, (live.id, ack.terminal_id), values | {"updated_at": at})

@@ -79,3 +79,18 @@ async def test_cancelling_a_finished_broadcast_is_409_and_unknown_is_404(live: L
     response = await live.http.post(f"/api/v1/broadcasts/{accepted['id']}/cancel")
     assert response.status_code == 409 and "finished" in response.json()["detail"]
     assert (await live.http.post("/api/v1/broadcasts/nope/cancel")).status_code == 404
+
+
+async def test_cancel_right_after_sending_still_reaches_every_terminal(live: LiveServer) -> None:
+    """Cancelled before any acknowledgement was processed: the cancel must still go out."""
+    specs = specs_in(["421202100001", "421202100004"])
+    await live.register(specs)
+    async with live.fleet(specs, playback_s=30) as fleet:
+        accepted = await live.send(
+            kind="emergency", level=1, regions=["421202100"], text="误发", expires_in=120
+        )
+        response = await live.http.post(f"/api/v1/broadcasts/{accepted['id']}/cancel")
+        assert response.status_code == 202, response.text
+        report = await live.report_when(accepted["id"], lambda r: r["state"] == "cancelled", timeout=15)
+        await eventually(lambda: all(t.core.current is None for t in fleet.terminals))
+    assert report["counts"]["cancelled"] == 2

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import inspect, text
 from sqlmodel import Session
 
 from controller.db import init_schema, make_engine
@@ -102,3 +103,17 @@ def test_reconnect_delay_doubles_with_jitter_up_to_a_cap(attempt: int) -> None:
     delay = reconnect_delay(attempt, random.Random(attempt))
     base = min(BACKOFF_MAX_S, 2.0 ** (attempt - 1))
     assert base * 0.5 <= delay <= base
+
+
+def test_schema_gains_columns_added_since_the_database_was_created(database_url: str) -> None:
+    engine = make_engine(database_url)
+    init_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE broadcast DROP COLUMN cancel_command"))
+        connection.execute(text("ALTER TABLE delivery DROP COLUMN by_command"))
+    init_schema(engine)
+    columns = {
+        table: {c["name"] for c in inspect(engine).get_columns(table)} for table in ("broadcast", "delivery")
+    }
+    engine.dispose()
+    assert "cancel_command" in columns["broadcast"] and "by_command" in columns["delivery"]

@@ -1,6 +1,7 @@
 """Live progress of a broadcast as Server-Sent Events, so an operator watches coverage climb."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
@@ -10,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
 from api.deps import ControllerDep
-from controller.models import Broadcast
+from controller.models import Broadcast, BroadcastState
 from controller.regions import region_names
 from controller.reports import broadcast_report, delivery_regions, tally
 from controller.service import Controller
@@ -18,6 +19,7 @@ from controller.service import Controller
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"])
 
 TICK_S = 0.25
+OVER = {BroadcastState.FINISHED, BroadcastState.EXPIRED, BroadcastState.CANCELLED}
 KEEPALIVE_S = 15.0
 
 
@@ -57,9 +59,15 @@ async def _events(
     while not await request.is_disconnected():
         live = controller.tracker.find(broadcast_id)
         if live is None:
-            await controller.writer.flush()
-            yield _event("end", await asyncio.to_thread(_report, controller, broadcast_id))
-            return
+            # Not tracked: over, or stored a moment ago and not tracked yet; the stored state tells.
+            with contextlib.suppress(Exception):
+                await controller.writer.flush()
+            report = await asyncio.to_thread(_report, controller, broadcast_id)
+            if report["state"] in OVER:
+                yield _event("end", report)
+                return
+            await asyncio.sleep(TICK_S)
+            continue
         states = ((target.regions_of.get(t, ""), s.value) for t, s in live.states.items())
         counts, buckets = tally(states, target.targets)
         snapshot = {
