@@ -64,14 +64,12 @@ async def test_controller_reconnecting_to_the_broker_republishes_what_is_unackno
         broker.stop()
 
 
-async def test_after_a_restart_only_unfinished_terminals_are_sent_the_alert_again(sqlite_url: str) -> None:
+async def test_after_a_restart_only_unfinished_terminals_are_sent_the_alert_again(
+    sqlite_url: str, embedded_broker: EmbeddedBroker
+) -> None:
     """A rebooted terminal forgets what it played; a region-wide resend would make it play twice."""
-    broker = EmbeddedBroker("127.0.0.1", 0)
-    broker.start()
-    settings = make_settings(sqlite_url, broker.url)
-    first = LiveServer(settings)
-    await first.start()
-    try:
+    settings = make_settings(sqlite_url, embedded_broker.url)
+    async with LiveServer(settings) as first:
         villages = await first.controller.writer.call(lambda s: villages_under(s, "421202106"))
         done, waiting = specs_in([v.code for v in villages], per_village=1)[:2]
         await first.register([done, waiting])
@@ -80,37 +78,26 @@ async def test_after_a_restart_only_unfinished_terminals_are_sent_the_alert_agai
                 kind="emergency", level=2, regions=["421202106"], text="x", expires_in=300
             )
             await first.report_when(accepted["id"], lambda r: r["counts"]["completed"] == 1)
-    finally:
-        await first.stop()
-    second = LiveServer(settings)
-    await second.start()
-    try:
-        async with second.fleet([done, waiting]) as rebooted:
-            report = await second.report_when(accepted["id"], lambda r: r["state"] == "finished")
-            assert [t.commands_seen for t in rebooted.terminals] == [0, 1]
-        assert report["counts"]["completed"] == 2
-    finally:
-        await second.stop()
-        broker.stop()
+    async with LiveServer(settings) as second, second.fleet([done, waiting]) as rebooted:
+        report = await second.report_when(accepted["id"], lambda r: r["state"] == "finished")
+        assert [t.commands_seen for t in rebooted.terminals] == [0, 1]
+    assert report["counts"]["completed"] == 2
 
 
-async def test_terminal_that_drops_the_first_command_gets_it_again_and_completes(sqlite_url: str) -> None:
-    broker = EmbeddedBroker("127.0.0.1", 0)
-    broker.start()
-    settings = make_settings(sqlite_url, broker.url, retry_after_s=0.3)
-    try:
-        async with LiveServer(settings) as live:
-            villages = await live.controller.writer.call(lambda s: villages_under(s, "421202108"))
-            deaf, fine = specs_in([v.code for v in villages], per_village=1)[:2]
-            await live.register([deaf, fine])
-            async with live.fleet([deaf], drop_first_commands=2) as weak, live.fleet([fine]):
-                accepted = await live.send(
-                    kind="emergency", level=1, regions=["421202108"], text="x", expires_in=60
-                )
-                report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
-                assert weak.terminals[0].commands_dropped == 2
-            retries = metric(await metrics_text(live), "cunxiang_delivery_retries_total")
-        assert report["counts"]["completed"] == 2
-        assert retries >= 2
-    finally:
-        broker.stop()
+async def test_terminal_that_drops_the_first_command_gets_it_again_and_completes(
+    sqlite_url: str, embedded_broker: EmbeddedBroker
+) -> None:
+    settings = make_settings(sqlite_url, embedded_broker.url, retry_after_s=0.3)
+    async with LiveServer(settings) as live:
+        villages = await live.controller.writer.call(lambda s: villages_under(s, "421202108"))
+        deaf, fine = specs_in([v.code for v in villages], per_village=1)[:2]
+        await live.register([deaf, fine])
+        async with live.fleet([deaf], drop_first_commands=2) as weak, live.fleet([fine]):
+            accepted = await live.send(
+                kind="emergency", level=1, regions=["421202108"], text="x", expires_in=60
+            )
+            report = await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
+            assert weak.terminals[0].commands_dropped == 2
+        retries = metric(await metrics_text(live), "cunxiang_delivery_retries_total")
+    assert report["counts"]["completed"] == 2
+    assert retries >= 2
