@@ -6,8 +6,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import broadcast_events, broadcasts, regions, system, terminals
+from api.routes import broadcast_events, broadcasts, groups, regions, system, terminals
 from controller.broadcasts import BroadcastConflict, BroadcastNotFound, BroadcastRejected
+from controller.groups import GroupNotFound, GroupRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
 from controller.terminals import TerminalsRejected
@@ -35,15 +36,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
+    app.include_router(groups.router, prefix="/api/v1")
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)
 
     @app.exception_handler(BroadcastRejected)
     @app.exception_handler(TerminalsRejected)
+    @app.exception_handler(GroupRejected)
     async def unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     @app.exception_handler(BroadcastNotFound)
+    @app.exception_handler(GroupNotFound)
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 

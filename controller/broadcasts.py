@@ -1,10 +1,16 @@
-"""Accepting a broadcast: the request, its validation, the command it becomes, and its records.
+"""Accepting a broadcast: the request, its target, the command it becomes, and its records.
 
 A broadcast is persisted with one delivery row per targeted terminal, in one transaction, before
-anything is published: once the API has answered 201, a crash cannot lose it.
+anything is published: once the API has answered 201, a crash cannot lose it. The target (regions,
+groups, single terminals) is resolved to terminals then, once, and recorded with the broadcast.
+
+An update (CAP's msgType Update) is a new broadcast that supersedes a live one: both records
+change in the same transaction, and the update's command carries `supersedes`, so each terminal
+ends the old message as it takes the new one.
 """
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Self
 
@@ -13,10 +19,14 @@ from sqlalchemy import insert, or_
 from sqlmodel import Session, col, select
 
 from controller.delivery import UNCONFIRMED, DeliveryState
-from controller.models import Broadcast, BroadcastState, Delivery, Terminal
+from controller.groups import GroupId
+from controller.models import Broadcast, BroadcastState, Delivery, Terminal, TerminalGroup
 from controller.regions import missing_regions
-from devices.messages import AudioRef, Cancel, Command, Content, RegionCode, encode
+from controller.terminals import terminal_regions
+from devices.messages import AudioRef, Cancel, Command, Content, RegionCode, TerminalId, encode
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
+
+LIVE_STATES = (BroadcastState.ACCEPTED, BroadcastState.ACTIVE)
 
 
 class BroadcastRequest(BaseModel):
@@ -29,7 +39,14 @@ class BroadcastRequest(BaseModel):
         default=None,
         description="emergencies only: 1 特别重大/red, 2 重大/orange, 3 较大/yellow, 4 一般/blue",
     )
-    regions: Annotated[list[RegionCode], Field(min_length=1, max_length=500)]
+    regions: Annotated[list[RegionCode], Field(max_length=500)] = []
+    groups: Annotated[list[GroupId], Field(max_length=50)] = []
+    terminals: Annotated[list[TerminalId], Field(max_length=10_000)] = []
+    issuer_region: RegionCode | None = Field(
+        default=None,
+        description="the authority issuing it, the controller's region or one within it (default: the "
+        "controller's region): sets its rank among equals; when given, the target must lie within it",
+    )
     text: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     language: str = "zh-CN"
     audio: AudioRef | None = None
@@ -40,6 +57,8 @@ class BroadcastRequest(BaseModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
+        if not (self.regions or self.groups or self.terminals):
+            raise ValueError("the target is empty: give regions, groups or terminals")
         if self.kind is BroadcastKind.EMERGENCY and self.level is None:
             raise ValueError("an emergency broadcast needs a level: 1 (特别重大) to 4 (一般)")
         if self.kind is not BroadcastKind.EMERGENCY and self.level is not None:
@@ -71,8 +90,17 @@ def new_broadcast_id(now: datetime) -> str:
 
 
 def build_command(
-    request: BroadcastRequest, *, broadcast_id: str, issuer_region: str, now: datetime, max_expires_in: int
+    request: BroadcastRequest,
+    *,
+    broadcast_id: str,
+    county_region: str,
+    now: datetime,
+    max_expires_in: int,
+    supersedes: str | None = None,
 ) -> Command:
+    issuer_region = request.issuer_region or county_region
+    if not issuer_region.startswith(county_region):
+        raise BroadcastRejected(f"issuer region {issuer_region} is outside this controller's {county_region}")
     if request.expires_in is not None and request.expires_in > max_expires_in:
         raise BroadcastRejected(f"the expiry is more than {max_expires_in} s away")
     expires_at = request.expires_at or now + timedelta(seconds=request.expires_in or 0)
@@ -91,39 +119,113 @@ def build_command(
         content=Content(text=request.text, language=request.language, audio=request.audio),
         volume=request.volume,
         repeat=request.repeat,
+        supersedes=supersedes,
     )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A request's target resolved: what to publish to, and every terminal it reaches."""
+
+    regions: list[str]
+    """region topics to publish on, none inside another"""
+    terminals: list[str]
+    """terminals addressed one by one: those not inside any of `regions`"""
+    reached: dict[str, str]
+    """every terminal reached → its region"""
+
+
+def resolve_target(session: Session, request: BroadcastRequest) -> Target:
+    """The request's regions, groups and terminals as terminals; raises BroadcastRejected.
+
+    A request that names its issuer must keep its target within the issuer's region (a township
+    cannot reach the next township). Without one, the controller itself issues it.
+    """
+    query = select(TerminalGroup).where(col(TerminalGroup.id).in_(request.groups))
+    groups = list(session.exec(query).all())
+    unknown = sorted(set(request.groups) - {g.id for g in groups})
+    if unknown:
+        raise BroadcastRejected(f"unknown group(s): {', '.join(unknown)}")
+    regions = set(request.regions).union(*(g.regions for g in groups))
+    unknown = missing_regions(
+        session, regions | ({request.issuer_region} if request.issuer_region else set())
+    )
+    if unknown:
+        raise BroadcastRejected(f"unknown region code(s): {', '.join(unknown)}")
+    # A group's terminal removed since is skipped: a stale group must not hold back an alert.
+    addressed = terminal_regions(
+        session, sorted(set(request.terminals).union(*(g.terminals for g in groups)))
+    )
+    unknown = [t for t in request.terminals if t not in addressed]
+    if unknown:
+        raise BroadcastRejected(f"unknown terminal(s): {', '.join(unknown[:20])}")
+    issuer_region = request.issuer_region or ""
+    outside = sorted(r for r in regions | set(addressed.values()) if not r.startswith(issuer_region))
+    if outside:
+        raise BroadcastRejected(
+            f"the target reaches outside the issuer's region {issuer_region}: {', '.join(outside[:20])}"
+        )
+    topics = sorted(r for r in regions if not any(r != o and r.startswith(o) for o in regions))
+    reached = resolve_terminals(session, topics)
+    singles = sorted(t for t in addressed if t not in reached)
+    reached.update(addressed)
+    return Target(regions=topics, terminals=singles, reached=reached)
 
 
 def resolve_terminals(session: Session, regions: list[str]) -> dict[str, str]:
     """Every registered terminal within any of `regions` (codes nest by prefix): id → its region."""
+    if not regions:
+        return {}
     condition = or_(*(col(Terminal.region_code).startswith(code) for code in regions))
     rows = session.exec(select(Terminal.id, Terminal.region_code).where(condition)).all()
     return dict(rows)
 
 
-def accept(session: Session, request: BroadcastRequest, command: Command) -> tuple[Broadcast, dict[str, str]]:
-    """Check the target, then store the broadcast and a pending delivery per terminal, atomically."""
-    unknown = missing_regions(session, request.regions)
-    if unknown:
-        raise BroadcastRejected(f"unknown region code(s): {', '.join(unknown)}")
-    terminals = resolve_terminals(session, request.regions)
+def accept(
+    session: Session, request: BroadcastRequest, command: Command, updates: Broadcast | None = None
+) -> tuple[Broadcast, Target]:
+    """Resolve the target, then store the broadcast and a pending delivery per terminal, atomically.
+
+    With `updates`, also mark that broadcast superseded by this one, in the same transaction.
+    """
+    target = resolve_target(session, request)
+    if updates is not None and command.supersedes is not None:
+        left_out = session.exec(
+            select(Delivery.terminal_id).where(
+                Delivery.broadcast_id == updates.id, col(Delivery.terminal_id).not_in(list(target.reached))
+            )
+        ).all()
+        if left_out:
+            raise BroadcastRejected(
+                f"an update must reach every terminal of the broadcast it updates (the same target or "
+                f"wider); {len(left_out)} terminal(s) of {updates.id} would keep its old message, e.g. "
+                f"{', '.join(sorted(left_out)[:5])}. Cancel it and send a new broadcast instead"
+            )
     broadcast = Broadcast(
         id=command.id,
         kind=command.kind.value,
         level=int(command.level) if command.level is not None else None,
         issuer_region=command.issuer_region,
-        regions=sorted(set(request.regions)),
+        regions=target.regions,
+        groups=sorted(set(request.groups)) or None,
+        terminal_ids=target.terminals or None,
+        supersedes=updates.id if updates is not None else None,
         text=request.text,
         priority=command.priority,
         issued_at=command.issued_at,
         expires_at=command.expires_at,
         state=BroadcastState.ACCEPTED,
-        terminals=len(terminals),
+        terminals=len(target.reached),
         command=encode(command).decode(),
     )
     session.add(broadcast)
+    if updates is not None:
+        updates.superseded_by = command.id
+        if command.supersedes is not None:
+            updates.state = BroadcastState.SUPERSEDED
+        session.add(updates)
     session.flush()
-    if terminals:
+    if target.reached:
         session.execute(
             insert(Delivery),
             [
@@ -134,24 +236,44 @@ def accept(session: Session, request: BroadcastRequest, command: Command) -> tup
                     "state": DeliveryState.PENDING.value,
                     "updated_at": command.issued_at,
                 }
-                for terminal_id, region in terminals.items()
+                for terminal_id, region in target.reached.items()
             ],
         )
     session.commit()
-    return broadcast, terminals
+    return broadcast, target
+
+
+def updatable(session: Session, broadcast_id: str) -> Broadcast:
+    """The broadcast an update is for; raises BroadcastNotFound, or BroadcastConflict when it was
+    cancelled or already updated."""
+    broadcast = session.get(Broadcast, broadcast_id)
+    if broadcast is None:
+        raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
+    if broadcast.state in (BroadcastState.CANCELLING, BroadcastState.CANCELLED):
+        raise BroadcastConflict(
+            f"broadcast {broadcast_id} was cancelled; an update cannot bring it back: send a new broadcast"
+        )
+    if broadcast.superseded_by is not None:
+        raise BroadcastConflict(
+            f"broadcast {broadcast_id} was already updated by {broadcast.superseded_by}; update that one"
+        )
+    return broadcast
 
 
 def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, DeliveryState], set[str]]]:
     """Broadcasts not yet over, with their delivery states and the terminals still owed a cancel,
     for a controller that (re)starts."""
-    live = [BroadcastState.ACCEPTED, BroadcastState.ACTIVE, BroadcastState.CANCELLING]
-    broadcasts = session.exec(select(Broadcast).where(col(Broadcast.state).in_(live))).all()
+    live = or_(
+        col(Broadcast.state).in_([BroadcastState.ACCEPTED, BroadcastState.ACTIVE, BroadcastState.CANCELLING]),
+        (col(Broadcast.state) == BroadcastState.SUPERSEDED) & col(Broadcast.finished_at).is_(None),
+    )
+    broadcasts = session.exec(select(Broadcast).where(live)).all()
     states: dict[str, dict[str, DeliveryState]] = {b.id: {} for b in broadcasts}
     owed: dict[str, set[str]] = {b.id: set() for b in broadcasts}
     rows = session.exec(
         select(Delivery.broadcast_id, Delivery.terminal_id, Delivery.state, Delivery.reason)
         .join(Broadcast)
-        .where(col(Broadcast.state).in_(live))
+        .where(live)
     ).all()
     for broadcast_id, terminal_id, state, reason in rows:
         states[broadcast_id][terminal_id] = DeliveryState(state)
@@ -165,7 +287,11 @@ def record_cancel(session: Session, broadcast_id: str, cancel: Cancel) -> Broadc
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
-    if broadcast.state not in (BroadcastState.ACCEPTED, BroadcastState.ACTIVE):
+    if broadcast.state == BroadcastState.SUPERSEDED:
+        raise BroadcastConflict(
+            f"broadcast {broadcast_id} was replaced by its update {broadcast.superseded_by}; cancel that one"
+        )
+    if broadcast.state not in LIVE_STATES:
         raise BroadcastConflict(f"broadcast {broadcast_id} is {broadcast.state}; there is nothing to cancel")
     broadcast.state = BroadcastState.CANCELLING
     broadcast.cancel_command = encode(cancel).decode()

@@ -5,8 +5,10 @@
        └─────────┴─────────┴──────────┴─► preempted | rejected | failed | expired | cancelled
 
 A state only moves forward (acknowledgements may skip stages: an ack can arrive before the
-controller has marked the command sent); a final state never changes. Anything else, such as a
-QoS 1 duplicate or a late `received` after `completed`, is ignored and counted.
+controller has marked the command sent); a final state never changes, except that a programme
+pre-empted by something more urgent is resumed by the terminal afterwards (`preempted` → `playing`)
+if it has not expired. Anything else, such as a QoS 1 duplicate or a late `received` after
+`completed`, is ignored and counted.
 """
 
 from enum import StrEnum
@@ -55,8 +57,17 @@ STATE_FOR_STAGE = {
 }
 
 
-def can_move(current: DeliveryState, new: DeliveryState) -> bool:
-    """Whether a delivery in `current` may move to `new`."""
+# Where a pre-empted programme goes next: resumed, or ended (played out, failed, cancelled).
+_AFTER_RESUMABLE_PREEMPTION = frozenset(
+    {DeliveryState.PLAYING, DeliveryState.COMPLETED, DeliveryState.FAILED, DeliveryState.CANCELLED}
+)
+
+
+def can_move(current: DeliveryState, new: DeliveryState, *, resumable: bool = False) -> bool:
+    """Whether a delivery in `current` may move to `new`; a `resumable` one (a programme) may
+    leave `preempted`, because the terminal resumes it."""
+    if current is DeliveryState.PREEMPTED and resumable:
+        return new in _AFTER_RESUMABLE_PREEMPTION
     if current in FINAL_STATES:
         return False
     return _RANK.get(new, _FINAL_RANK) > _RANK[current]

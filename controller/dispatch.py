@@ -1,10 +1,11 @@
 """Getting commands to terminals: the first publish, and sending again to whoever has not finished.
 
-The first delivery is one publish per target region: the broker fans it out to every terminal
-below. Later sends go to single terminals on their own topics, never to a whole region again: a
-terminal that already played an alert and has since rebooted (its de-duplication memory is RAM)
-would play it a second time. Terminals de-duplicate by command id and answer a repeat with their
-last acknowledgement, so sending again is how acknowledgements lost on the way are recovered too.
+The first delivery is one publish per target region (the broker fans it out to every terminal
+below) and one per terminal addressed by itself (a single terminal, or a group's). Later sends go
+to single terminals on their own topics, never to a whole region again: a terminal that already
+played an alert and has since rebooted (its de-duplication memory is RAM) would play it a second
+time. Terminals de-duplicate by command id and answer a repeat with their last acknowledgement,
+so sending again is how acknowledgements lost on the way are recovered too.
 """
 
 import asyncio
@@ -41,12 +42,12 @@ class Dispatcher:
             return
         async with lock:
             if live.state is BroadcastState.ACCEPTED:
-                await self._publish_to_regions(live)
+                await self._publish_to_targets(live)
 
     async def publish_cancel(self, live: LiveBroadcast) -> None:
-        """Send the cancel to every target region, after any publish of the command still in flight."""
+        """Send the cancel to every target, after any publish of the command still in flight."""
         async with self._region_lock(live.id):
-            live.cancel_published = await self._publish_to_regions(live)
+            live.cancel_published = await self._publish_to_targets(live)
 
     async def retry_unpublished(self) -> None:
         """Region publishes (command or cancel) the broker did not take (called while connected)."""
@@ -67,19 +68,24 @@ class Dispatcher:
                 self._metrics.delivery_retries.inc(len(sent))
                 self._tracker.schedule_retries(live, [t for t in online if t not in sent], now_utc())
 
-    async def _publish_to_regions(self, live: LiveBroadcast) -> bool:
-        payload = live.payload
+    async def _publish_to_targets(self, live: LiveBroadcast) -> bool:
+        """The first publish, on every target region's and single terminal's topic; all or none
+        counts as done (terminals drop the copies a second attempt gives them)."""
+        gate = asyncio.Semaphore(RESEND_CONCURRENCY)
+
+        async def send(topic: str) -> None:
+            async with gate:
+                await self._bus.publish(topic, live.payload, timeout=PUBLISH_TIMEOUT_S)
+
+        topics = [self._topics.region_command(region) for region in live.regions]
+        topics += [self._topics.terminal_command(terminal) for terminal in live.terminals]
         try:
-            await asyncio.gather(
-                *(
-                    self._bus.publish(self._topics.region_command(region), payload, timeout=PUBLISH_TIMEOUT_S)
-                    for region in live.regions
-                )
-            )
+            await asyncio.gather(*(send(topic) for topic in topics))
         except BusUnavailable as exc:
-            log.warning("broadcast %s: region publish failed (%s); will try again", live.id, exc.reason)
+            log.warning("broadcast %s: first publish failed (%s); will try again", live.id, exc.reason)
             return False
         self._metrics.mqtt_published.labels("region_command").inc(len(live.regions))
+        self._metrics.mqtt_published.labels("terminal_command").inc(len(live.terminals))
         self._tracker.mark_sent(live, None, now_utc())
         return True
 

@@ -44,7 +44,8 @@ class Metrics:
         )
         self.delivery_ignored = Counter(
             "cunxiang_delivery_transitions_ignored_total",
-            "Acknowledgements that would move a delivery backwards or out of a final state",
+            "Acknowledgements of a tracked delivery that did not move it: duplicate, backwards, after_final",
+            ["reason"],
             registry=r,
         )
         self.delivery_retries = Counter(

@@ -44,6 +44,8 @@ class BroadcastState(StrEnum):
     FINISHED = "finished"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    """replaced by an update; stays so while its last terminals report, and after"""
 
 
 class Region(SQLModel, table=True):
@@ -65,12 +67,37 @@ class Terminal(SQLModel, table=True):
     created_at: datetime = _utc_column(default_factory=now_utc)
 
 
+class TerminalGroup(SQLModel, table=True):
+    """An operator-defined set of regions and terminals, e.g. the villages along a river."""
+
+    __tablename__ = "terminal_group"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=100)
+    description: str | None = Field(default=None, max_length=1000)
+    regions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    terminals: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _utc_column(default_factory=now_utc)
+    updated_at: datetime = _utc_column(default_factory=now_utc)
+
+
 class Broadcast(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     kind: str = Field(max_length=16)
     level: int | None = None
     issuer_region: str = Field(max_length=12)
-    regions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    regions: list[str] = Field(
+        sa_column=Column(JSON, nullable=False),
+        description="the region topics it was published to (its own regions and its groups')",
+    )
+    groups: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    terminal_ids: list[str] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="terminals addressed one by one (outside its regions), on their own topics",
+    )
+    supersedes: str | None = Field(default=None, max_length=64, description="the broadcast it updates")
+    superseded_by: str | None = Field(default=None, max_length=64, description="the update that replaced it")
     text: str | None = None
     priority: int
     issued_at: datetime = _utc_column()

@@ -1,4 +1,5 @@
-"""What an operator sees of a broadcast: totals per state, per region below the target, and who is silent."""
+"""What an operator sees of a broadcast: totals per state, per region below the target, who is
+silent, and, village by village, every terminal that did not play it and why."""
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -7,7 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
-from controller.delivery import UNACKNOWLEDGED_STATES, DeliveryState
+from controller.delivery import UNACKNOWLEDGED_STATES, UNCONFIRMED, DeliveryState
 from controller.models import Broadcast, Delivery, Terminal
 from controller.regions import region_names
 from devices.identifiers import child_code_length
@@ -34,12 +35,36 @@ class SilentTerminal(BaseModel):
     why: str
 
 
+class MissedTerminal(BaseModel):
+    id: str
+    state: str
+    presence: str
+    why: str
+
+
+class VillageMisses(BaseModel):
+    """The terminals of one village (or of whatever region they are registered in) that did not play."""
+
+    code: str
+    name: str | None
+    township: str | None
+    township_name: str | None
+    count: int
+    terminals: list[MissedTerminal]
+
+
 class BroadcastReport(BaseModel):
     id: str
     state: str
     kind: str
     level: int | None
+    priority: int
+    issuer_region: str
     regions: list[str]
+    groups: list[str] | None
+    terminal_ids: list[str] | None
+    supersedes: str | None
+    superseded_by: str | None
     text: str | None
     issued_at: datetime
     expires_at: datetime
@@ -51,6 +76,9 @@ class BroadcastReport(BaseModel):
     unacknowledged: list[SilentTerminal]
     failures_total: int
     failures: list[SilentTerminal]
+    not_played_total: int
+    not_played: list[VillageMisses]
+    """every terminal not `completed`, by village (while it goes on: those that have not yet)"""
 
 
 _WHY_BY_PRESENCE = {
@@ -88,6 +116,20 @@ def _bucket(region_code: str, targets: list[str]) -> str:
     return region_code
 
 
+Row = tuple[str, str, str, str | None, str | None, str | None]
+
+_FAILURE_STATES = (DeliveryState.REJECTED, DeliveryState.FAILED, DeliveryState.PREEMPTED)
+_WHY_BY_STATE: dict[str, str] = {
+    DeliveryState.RECEIVED: "received, not playing yet",
+    DeliveryState.PLAYING: "playing now",
+    DeliveryState.PREEMPTED: "pre-empted",
+    DeliveryState.REJECTED: "rejected",
+    DeliveryState.FAILED: "failed",
+    DeliveryState.CANCELLED: "cancelled",
+    DeliveryState.EXPIRED: "expired while it played",
+}
+
+
 def broadcast_report(
     session: Session,
     broadcast_id: str,
@@ -97,76 +139,122 @@ def broadcast_report(
 ) -> BroadcastReport | None:
     """The report of one broadcast; `presence_of` gives the live presence (else the stored one).
 
-    The lists of silent and failed terminals hold at most `list_limit` entries each (the totals
-    say how many there are), so a report on a county-wide alert stays quick to fetch and read.
-    While the controller itself is cut off from the broker it cannot know who is online, and the
-    report says so instead of blaming the terminals.
+    The lists hold at most `list_limit` terminals each (the totals say how many there are), so a
+    report on a county-wide alert stays quick to fetch and read. While the controller itself is
+    cut off from the broker it cannot know who is online, and the report says so instead of
+    blaming the terminals.
     """
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         return None
-    rows = session.execute(
-        select_columns(
-            col(Delivery.terminal_id),
-            col(Delivery.region_code),
-            col(Delivery.state),
-            col(Delivery.reason),
-            col(Delivery.detail),
-            col(Delivery.by_command),
-        )
-        .where(col(Delivery.broadcast_id) == broadcast_id)
-        .order_by(Delivery.terminal_id)
-    ).all()
-    counts, buckets = tally(((region, state) for _, region, state, *_ in rows), broadcast.regions)
-    silent: list[tuple[str, str, str]] = []
-    failed: list[tuple[str, str, str, str]] = []
-    for terminal_id, region, state, reason, detail, by_command in rows:
-        if state in UNACKNOWLEDGED_STATES or (state == DeliveryState.EXPIRED and reason is None):
-            silent.append((terminal_id, region, state))
-        elif state in (DeliveryState.REJECTED, DeliveryState.FAILED, DeliveryState.PREEMPTED):
-            why = (
-                (reason or state)
-                + (f": {detail}" if detail else "")
-                + (f" (by {by_command})" if by_command else "")
+    rows: list[Row] = [
+        (terminal_id, region, state, reason, detail, by_command)
+        for terminal_id, region, state, reason, detail, by_command in session.execute(
+            select_columns(
+                col(Delivery.terminal_id),
+                col(Delivery.region_code),
+                col(Delivery.state),
+                col(Delivery.reason),
+                col(Delivery.detail),
+                col(Delivery.by_command),
             )
-            failed.append((terminal_id, region, state, why))
-    listed_silent, listed_failed = silent[:list_limit], failed[:list_limit]
+            .where(col(Delivery.broadcast_id) == broadcast_id)
+            .order_by(Delivery.region_code, Delivery.terminal_id)
+        )
+    ]
+    counts, buckets = tally(((region, state) for _, region, state, *_ in rows), broadcast.regions)
+    missed = [row for row in rows if row[2] != DeliveryState.COMPLETED]
+    silent = [row for row in missed if _silent(row[2], row[3])]
+    failed = [row for row in missed if row[2] in _FAILURE_STATES]
+    listed = missed[:list_limit]
     if presence_of is None:
-        stored = _stored_presence(session, [t[0] for t in listed_silent] + [t[0] for t in listed_failed])
+        stored = _stored_presence(
+            session, list({row[0] for row in listed + silent[:list_limit] + failed[:list_limit]})
+        )
 
         def presence_of(terminal_id: str) -> str:
             return stored.get(terminal_id, "unknown")
 
-    unacknowledged = []
-    for terminal_id, region, state in listed_silent:
+    def why(row: Row) -> tuple[str, str]:
+        terminal_id, _region, state, reason, detail, by_command = row
         presence = presence_of(terminal_id)
-        why = _WHY_BY_PRESENCE.get(presence, presence) if controller_connected else _WHY_CUT_OFF
-        unacknowledged.append(
-            SilentTerminal(id=terminal_id, region=region, state=state, presence=presence, why=why)
-        )
-    failures = [
-        SilentTerminal(id=terminal_id, region=region, state=state, presence=presence_of(terminal_id), why=why)
-        for terminal_id, region, state, why in listed_failed
-    ]
-    by_region = region_totals(session, buckets)
+        if _silent(state, reason):
+            silence = _WHY_BY_PRESENCE.get(presence, presence) if controller_connected else _WHY_CUT_OFF
+            return presence, (
+                f"expired before it was played: {silence}" if state == DeliveryState.EXPIRED else silence
+            )
+        return presence, _WHY_BY_STATE.get(state, "") + _explained(reason, detail, by_command)
+
+    def entry(row: Row) -> SilentTerminal:
+        presence, reason = why(row)
+        return SilentTerminal(id=row[0], region=row[1], state=row[2], presence=presence, why=reason)
+
     return BroadcastReport(
         id=broadcast.id,
         state=broadcast.state,
         kind=broadcast.kind,
         level=broadcast.level,
+        priority=broadcast.priority,
+        issuer_region=broadcast.issuer_region,
         regions=broadcast.regions,
+        groups=broadcast.groups,
+        terminal_ids=broadcast.terminal_ids,
+        supersedes=broadcast.supersedes,
+        superseded_by=broadcast.superseded_by,
         text=broadcast.text,
         issued_at=broadcast.issued_at,
         expires_at=broadcast.expires_at,
         finished_at=broadcast.finished_at,
         terminals=broadcast.terminals,
         counts=counts,
-        by_region=by_region,
+        by_region=region_totals(session, buckets),
         unacknowledged_total=len(silent),
-        unacknowledged=unacknowledged,
+        unacknowledged=[entry(row) for row in silent[:list_limit]],
         failures_total=len(failed),
-        failures=failures,
+        failures=[entry(row) for row in failed[:list_limit]],
+        not_played_total=len(missed),
+        not_played=_by_village(session, missed, [entry(row) for row in listed]),
     )
+
+
+def _silent(state: str, reason: str | None) -> bool:
+    """Never heard from about this broadcast (the terminal's presence says why)."""
+    return state in UNACKNOWLEDGED_STATES or (state == DeliveryState.EXPIRED and reason is None)
+
+
+def _explained(reason: str | None, detail: str | None, by_command: str | None) -> str:
+    if reason == UNCONFIRMED:
+        reason = "before it reached the terminal"
+    return (
+        (f": {reason}" if reason else "")
+        + (f": {detail}" if detail else "")
+        + (f" (by {by_command})" if by_command else "")
+    )
+
+
+def _by_village(session: Session, missed: list[Row], listed: list[SilentTerminal]) -> list[VillageMisses]:
+    """`listed` grouped by the terminal's region (a village, mostly), with every village's full count."""
+    counts: dict[str, int] = {}
+    for row in missed:
+        counts[row[1]] = counts.get(row[1], 0) + 1
+    townships = {code: code[:9] if len(code) == 12 else None for code in counts}
+    names = region_names(session, set(counts) | {t for t in townships.values() if t})
+    villages: dict[str, list[MissedTerminal]] = {code: [] for code in counts}
+    for item in listed:
+        villages[item.region].append(
+            MissedTerminal(id=item.id, state=item.state, presence=item.presence, why=item.why)
+        )
+    return [
+        VillageMisses(
+            code=code,
+            name=names.get(code),
+            township=townships[code],
+            township_name=names.get(townships[code] or ""),
+            count=counts[code],
+            terminals=villages[code],
+        )
+        for code in counts
+    ]
 
 
 def region_totals(session: Session, buckets: dict[str, dict[str, int]]) -> list[RegionTotals]:

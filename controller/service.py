@@ -15,14 +15,19 @@ from collections.abc import Awaitable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from sqlmodel import Session
+
 from controller.broadcasts import (
+    LIVE_STATES,
     BroadcastNotFound,
     BroadcastRequest,
+    Target,
     accept,
     build_command,
     live_broadcasts,
     new_broadcast_id,
     record_cancel,
+    updatable,
 )
 from controller.bus import BrokerAddress, MqttBus
 from controller.db import init_schema, make_engine
@@ -50,6 +55,7 @@ from devices.messages import (
     is_command_id,
     now_utc,
 )
+from devices.priority import BroadcastKind
 from devices.topics import TerminalChannel
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,7 @@ class Controller:
             playback_grace=PLAYBACK_GRACE,
             retry_after=settings.retry_after_s,
             retry_max_interval=settings.retry_max_interval_s,
+            clock_tolerance=timedelta(seconds=settings.ack_clock_tolerance_s),
         )
         self.presence = PresenceTracker(self.writer, self.metrics)
         self.broker: EmbeddedBroker | None = None
@@ -147,29 +154,48 @@ class Controller:
             await _step("stop the embedded broker", asyncio.to_thread(self.broker.stop))
         self.engine.dispose()
 
-    async def submit(self, request: BroadcastRequest) -> Broadcast:
-        """Accept, persist and publish a broadcast; raises BroadcastRejected or NotAccepting."""
+    async def submit(self, request: BroadcastRequest, updates: str | None = None) -> Broadcast:
+        """Accept, persist and publish a broadcast; raises BroadcastRejected or NotAccepting.
+
+        With `updates`, the broadcast is an update of that one (which it supersedes if it is still
+        going); raises BroadcastNotFound, or BroadcastConflict if that one was cancelled or updated.
+        """
         if not self.accepting or self.dispatcher is None:
             raise NotAccepting("the controller is not accepting broadcasts")
+        if updates is not None:
+            if not is_command_id(updates):
+                raise BroadcastNotFound(f"no broadcast {updates!r}")
+            await self.writer.flush()
         now = now_utc()
-        command = build_command(
-            request,
-            broadcast_id=new_broadcast_id(now),
-            issuer_region=self.settings.county_region,
-            now=now,
-            max_expires_in=self.settings.max_expires_in_s,
-        )
-        broadcast, terminals = await self.writer.call(lambda session: accept(session, request, command))
-        self.metrics.broadcasts_accepted.labels(command.kind.value).inc()
-        live = _live(broadcast, dict.fromkeys(terminals, DeliveryState.PENDING))
+
+        def store(session: Session) -> tuple[Broadcast, Target]:
+            earlier = updatable(session, updates) if updates is not None else None
+            command = build_command(
+                request,
+                broadcast_id=new_broadcast_id(now),
+                county_region=self.settings.county_region,
+                now=now,
+                max_expires_in=self.settings.max_expires_in_s,
+                supersedes=earlier.id if earlier is not None and earlier.state in LIVE_STATES else None,
+            )
+            return accept(session, request, command, updates=earlier)
+
+        broadcast, target = await self.writer.call(store)
+        self.metrics.broadcasts_accepted.labels(broadcast.kind).inc()
+        live = _live(broadcast, dict.fromkeys(target.reached, DeliveryState.PENDING))
         self.tracker.track(live, now)
         log.info(
-            "broadcast %s accepted: %s to %s, %d terminals",
+            "broadcast %s accepted: %s to %s, %d terminals%s",
             broadcast.id,
             broadcast.kind,
-            ",".join(broadcast.regions),
-            len(terminals),
+            ",".join(broadcast.regions + (broadcast.groups or []) + (broadcast.terminal_ids or [])[:5]),
+            len(target.reached),
+            f", updating {updates}" if updates is not None else "",
         )
+        if broadcast.supersedes is not None:
+            earlier_live = self.tracker.find(broadcast.supersedes)
+            if earlier_live is not None:
+                self.tracker.supersede(earlier_live, now)
         await self.dispatcher.publish(live)
         broadcast.state = live.state
         return broadcast
@@ -337,8 +363,10 @@ def _live(
         id=broadcast.id,
         expires_at=broadcast.expires_at,
         regions=broadcast.regions,
+        terminals=broadcast.terminal_ids or [],
         payload=(broadcast.cancel_command or broadcast.command).encode(),
         states=states,
         state=BroadcastState(broadcast.state),
+        resumable=broadcast.kind == BroadcastKind.PROGRAMME,
         owed_cancel=owed_cancel or set(),
     )

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     retry_max_interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_expires_in_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    ack_clock_tolerance_s: Annotated[int, Field(ge=1)] = 3600
+    """an acknowledgement stamped further than this from the controller's clock is ignored as absurd"""
     log_level: str = "INFO"
 
     @field_validator("database_url")

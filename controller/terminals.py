@@ -50,6 +50,17 @@ def register_terminals(session: Session, specs: list[TerminalSpec]) -> tuple[int
     return created, updated
 
 
+def terminal_regions(session: Session, terminal_ids: list[str]) -> dict[str, str]:
+    """The region of each of `terminal_ids` that is registered."""
+    found: dict[str, str] = {}
+    for start in range(0, len(terminal_ids), 500):
+        chunk = terminal_ids[start : start + 500]
+        found.update(
+            session.exec(select(Terminal.id, Terminal.region_code).where(col(Terminal.id).in_(chunk))).all()
+        )
+    return found
+
+
 def all_terminals(session: Session) -> list[Terminal]:
     return list(session.exec(select(Terminal)).all())
 

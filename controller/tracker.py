@@ -44,6 +44,10 @@ class LiveBroadcast:
     payload: bytes
     states: dict[str, DeliveryState]
     state: BroadcastState = BroadcastState.ACCEPTED
+    terminals: list[str] = field(default_factory=list)
+    """terminals addressed one by one at the first publish (outside `regions`)"""
+    resumable: bool = False
+    """a programme: a terminal resumes it after a pre-emption, so `preempted` is not final before expiry"""
     open: int = field(init=False)
     retries: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """terminal → (sends so far, when to send again if it has not acknowledged `received` by then)"""
@@ -56,16 +60,31 @@ class LiveBroadcast:
     def over(self) -> bool:
         return self.open == 0 and not self.owed_cancel
 
+    def final(self, state: DeliveryState | None) -> bool:
+        """Whether a terminal in `state` is done with this broadcast."""
+        if state is DeliveryState.PREEMPTED:
+            return not self.resumable
+        return state in FINAL_STATES
+
     def awaits(self, terminal_id: str) -> bool:
         """Whether an answer from this terminal is still awaited (and it is retried until then):
-        `received` for a command, or the end of it for a cancel."""
+        `received` for a command, or the end of it for a cancel. Nothing is sent for a broadcast an
+        update replaced: the update's own sends end it on each terminal."""
         state = self.states.get(terminal_id)
+        if self.state is BroadcastState.SUPERSEDED:
+            return False
         if self.state is BroadcastState.CANCELLING:
-            return terminal_id in self.owed_cancel or state not in FINAL_STATES
+            return terminal_id in self.owed_cancel or not self.final(state)
         return state in UNACKNOWLEDGED_STATES
 
+    def unfinished(self) -> list[str]:
+        """Terminals to send it to again (a birth, a reconnect): not done with it, or owed the cancel."""
+        if self.state is BroadcastState.SUPERSEDED:
+            return []
+        return [t for t, state in self.states.items() if not self.final(state) or t in self.owed_cancel]
+
     def __post_init__(self) -> None:
-        self.open = sum(1 for state in self.states.values() if state not in FINAL_STATES)
+        self.open = sum(1 for state in self.states.values() if not self.final(state))
 
 
 class AckOutcome:
@@ -74,6 +93,15 @@ class AckOutcome:
     UNKNOWN_COMMAND = "unknown_command"
     LATE = "ack_for_finished_broadcast"
     NOT_TARGETED = "terminal_not_targeted"
+    ABSURD_TIME = "absurd_timestamp"
+
+
+class Ignored:
+    """Why an acknowledgement of a tracked delivery did not move it (metric label)."""
+
+    DUPLICATE = "duplicate"
+    BACKWARDS = "backwards"
+    AFTER_FINAL = "after_final"
 
 
 class DeliveryTracker:
@@ -87,10 +115,12 @@ class DeliveryTracker:
         playback_grace: timedelta,
         retry_after: float = 3.0,
         retry_max_interval: float = 60.0,
+        clock_tolerance: timedelta = timedelta(hours=1),
     ) -> None:
         self._writer = writer
         self._metrics = metrics
         self._grace = playback_grace
+        self._clock_tolerance = clock_tolerance
         self._retry_after = retry_after
         self._retry_max = retry_max_interval
         self._live: dict[str, LiveBroadcast] = {}
@@ -110,26 +140,18 @@ class DeliveryTracker:
         return self._live.get(broadcast_id)
 
     def unfinished(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
-        """Unexpired live broadcasts with the terminals that have not reached a final state."""
-        return [
-            (
-                live,
-                [t for t, state in live.states.items() if state not in FINAL_STATES or t in live.owed_cancel],
-            )
-            for live in self._live.values()
-            if now < live.expires_at
-        ]
+        """Unexpired live broadcasts with the terminals to send them to again."""
+        return [(live, live.unfinished()) for live in self._live.values() if now < live.expires_at]
 
     def unfinished_for(self, terminal_id: str, now: datetime) -> list[LiveBroadcast]:
-        """Unexpired live broadcasts in which this terminal has not reached a final state."""
+        """Unexpired live broadcasts this terminal should be sent again."""
         return [
             live
             for live in self._live.values()
             if now < live.expires_at
-            and (
-                live.states.get(terminal_id, DeliveryState.COMPLETED) not in FINAL_STATES
-                or terminal_id in live.owed_cancel
-            )
+            and live.state is not BroadcastState.SUPERSEDED
+            and terminal_id in live.states
+            and (not live.final(live.states[terminal_id]) or terminal_id in live.owed_cancel)
         ]
 
     def mark_sent(self, live: LiveBroadcast, terminal_ids: list[str] | None, at: datetime) -> None:
@@ -167,6 +189,15 @@ class DeliveryTracker:
                 live.owed_cancel.add(terminal_id)
                 self._move(live, terminal_id, DeliveryState.CANCELLED, at, reason=UNCONFIRMED, by=cancel_id)
 
+    def supersede(self, live: LiveBroadcast, at: datetime) -> None:
+        """An update replaced it: stop sending it; its terminals report how it ended as the update
+        reaches them (`cancelled` by the update, or its final ack), the rest expire with it."""
+        live.state = BroadcastState.SUPERSEDED
+        live.retries.clear()
+        self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
+        if live.over:
+            self._finish(live, at)
+
     def due_retries(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
         """Terminals whose `received` is overdue, per unexpired broadcast (the caller sends again)."""
         due = []
@@ -180,6 +211,8 @@ class DeliveryTracker:
 
     def on_ack(self, ack: Ack, at: datetime) -> str | None:
         """Apply one acknowledgement; returns a rejection label if it named nothing we track."""
+        if abs(ack.at - at) > self._clock_tolerance:
+            return AckOutcome.ABSURD_TIME
         live = self._live.get(ack.command_id)
         if live is None:
             return AckOutcome.LATE if ack.command_id in self._recently_over else AckOutcome.UNKNOWN_COMMAND
@@ -190,8 +223,8 @@ class DeliveryTracker:
         if ack.terminal_id in live.owed_cancel and new in FINAL_STATES:
             self._confirm_cancel(live, ack, new, at)
             return None
-        if not can_move(current, new):
-            self._metrics.delivery_ignored.inc()
+        if not can_move(current, new, resumable=live.resumable):
+            self._metrics.delivery_ignored.labels(_why_ignored(current, new)).inc()
             return None
         self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail, by=ack.by)
         return None
@@ -201,16 +234,19 @@ class DeliveryTracker:
         for live in list(self._live.values()):
             if now < live.expires_at:
                 continue
-            if live.owed_cancel:
-                # An expired command is never started, so nobody still needs the cancel.
+            if live.owed_cancel or live.resumable:
+                # An expired command is never started or resumed: nobody needs the cancel any
+                # more, and a programme pre-empted until now ends pre-empted.
                 live.owed_cancel.clear()
                 live.retries.clear()
+                live.resumable = False
+                live.open = sum(1 for state in live.states.values() if not live.final(state))
                 if live.over:
                     self._finish(live, now)
                     continue
             late = now >= live.expires_at + self._grace
             for terminal_id, state in list(live.states.items()):
-                if state in UNACKNOWLEDGED_STATES or (late and state not in FINAL_STATES):
+                if state in UNACKNOWLEDGED_STATES or (late and not live.final(state)):
                     self._move(live, terminal_id, DeliveryState.EXPIRED, now)
 
     def _move(
@@ -223,15 +259,19 @@ class DeliveryTracker:
         detail: str | None = None,
         by: str | None = None,
     ) -> None:
+        old = live.states[terminal_id]
         live.states[terminal_id] = new
         if not live.awaits(terminal_id):
             live.retries.pop(terminal_id, None)
         values: dict[str, object] = {"state": new.value, "updated_at": at}
         if new in FINAL_STATES:
             values.update(finished_at=at, reason=reason, detail=detail, by_command=by)
-            live.open -= 1
         else:
             values[_TIMESTAMP_COLUMN[new]] = at
+            if old is DeliveryState.PREEMPTED:
+                values.update(finished_at=None, reason=None, detail=None, by_command=None)
+        if live.final(new) and not live.final(old):
+            live.open -= 1
         self._writer.update(self._deliveries, (live.id, terminal_id), values)
         self._metrics.delivery_transitions.labels(new.value).inc()
         if live.over:
@@ -252,7 +292,7 @@ class DeliveryTracker:
         expired = any(state is DeliveryState.EXPIRED for state in live.states.values())
         if live.state is BroadcastState.CANCELLING:
             live.state = BroadcastState.CANCELLED
-        else:
+        elif live.state is not BroadcastState.SUPERSEDED:
             live.state = BroadcastState.EXPIRED if expired else BroadcastState.FINISHED
         self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value, "finished_at": at})
         del self._live[live.id]
@@ -260,3 +300,9 @@ class DeliveryTracker:
         while len(self._recently_over) > 1000:
             self._recently_over.popitem(last=False)
         log.info("broadcast %s %s", live.id, live.state.value)
+
+
+def _why_ignored(current: DeliveryState, new: DeliveryState) -> str:
+    if current is new:
+        return Ignored.DUPLICATE
+    return Ignored.AFTER_FINAL if current in FINAL_STATES else Ignored.BACKWARDS

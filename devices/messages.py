@@ -76,6 +76,8 @@ class Command(WireModel):
     content: Content
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
+    supersedes: CommandId | None = None
+    """An update: the earlier command this one replaces (CAP's `references`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -84,7 +86,14 @@ class Command(WireModel):
             raise ValueError(f"priority {self.priority} does not match kind/level/issuer ({expected})")
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
+        if self.supersedes == self.id:
+            raise ValueError("a command cannot supersede itself")
         return self
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the command is resumed after something pre-empts it (programmes only)."""
+        return self.kind is BroadcastKind.PROGRAMME
 
     def canonical_bytes(self) -> bytes:
         """The bytes a signature will cover: sorted keys, no spaces, UTF-8, absent members left out.
@@ -270,7 +279,9 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or model.__name__
-        raise PayloadError("bad_payload", f"{model.__name__}.{where}: {first['msg']}") from None
+        # A stage this revision does not know is worth telling apart: a newer terminal, or a bug.
+        reason = "unknown_stage" if model is Ack and first["loc"] == ("stage",) else "bad_payload"
+        raise PayloadError(reason, f"{model.__name__}.{where}: {first['msg']}") from None
 
 
 def now_utc() -> datetime:

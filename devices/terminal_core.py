@@ -7,12 +7,17 @@ start playing, a command to stop. The rules:
 - a command id seen before is a duplicate (QoS 1 redelivers; the controller retries on the
   terminal's own topic): nothing new happens, the last acknowledgement for it is sent again;
 - a command that has expired by the terminal's clock is rejected (`expired`);
+- an update (`supersedes`) first ends the command it replaces as a cancel would (`cancelled`, `by`
+  the update), then is treated like any command; the update takes the place of the one it
+  replaces whatever their priorities;
 - while idle, a command is received and started;
 - while playing, a command of strictly higher priority pre-empts the current one (reported
   `preempted`, `by` the new id); an equal or lower one is rejected (`busy`);
-- a cancel stops its command if it is playing and answers `cancelled` (`by` the cancel's id); a
-  cancel for a command not seen yet is remembered, so the command never starts if it arrives
-  later; a cancel for a command already over is answered with that command's final ack.
+- a pre-empted programme is put aside and resumed (reported `playing` again) when what pre-empted
+  it is over, if it has not expired by then; other kinds are not resumed;
+- a cancel stops its command if it is playing (or puts aside) and answers `cancelled` (`by` the
+  cancel's id); a cancel for a command not seen yet is remembered, so the command never starts if
+  it arrives later; a cancel for a command already over is answered with that command's final ack.
 """
 
 import json
@@ -50,6 +55,9 @@ class TerminalCore:
     terminal_id: str
     remember: int = 1024
     current: Command | None = None
+    suspended: list[Command] = field(default_factory=list)
+    """pre-empted programmes, resumed highest priority first. Each was pre-empted by a strictly
+    higher priority and programmes have five (one per issuer level), so there are at most four."""
     _last_ack: OrderedDict[str, Ack] = field(default_factory=OrderedDict)
 
     def on_payload(self, payload: bytes, now: datetime) -> Step:
@@ -75,15 +83,11 @@ class TerminalCore:
 
     def on_cancel(self, cancel: Cancel, now: datetime) -> Step:
         """Stop the cancelled command if it plays and answer `cancelled` for it (its final ack if over)."""
-        target = cancel.cancels
-        previous = self._last_ack.get(target)
-        if previous is not None and previous.stage in FINAL_STAGES:
-            return Step(acks=(previous,))
-        ack = self._ack(target, AckStage.CANCELLED, now, by=cancel.id)
-        if self.current is not None and self.current.id == target:
-            self.current = None
-            return Step(acks=(ack,), stop=target)
-        return Step(acks=(ack,))
+        ack, stopped = self._end(cancel.cancels, cancel.id, now)
+        if not stopped:
+            return Step(acks=(ack,))
+        resumed = self._resume(now)
+        return Step(acks=(ack,), stop=cancel.cancels, start=resumed)
 
     def on_command(self, command: Command, now: datetime) -> Step:
         previous = self._last_ack.get(command.id)
@@ -91,37 +95,42 @@ class TerminalCore:
             return Step(acks=(previous,))
         if now >= command.expires_at:
             return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason.EXPIRED),))
+        acks: list[Ack] = []
+        stop = None
+        if command.supersedes is not None:
+            ended, stopped = self._end(command.supersedes, command.id, now)
+            acks.append(ended)
+            stop = command.supersedes if stopped else None
         current = self.current
         if current is None:
             self.current = command
-            return Step(acks=(self._ack(command.id, AckStage.RECEIVED, now),), start=command)
+            acks.append(self._ack(command.id, AckStage.RECEIVED, now))
+            return Step(acks=tuple(acks), stop=stop, start=command)
         if command.priority > current.priority:
             self.current = command
-            preempted = self._ack(
-                current.id, AckStage.PREEMPTED, now, AckReason.HIGHER_PRIORITY, by=command.id
+            if current.resumable:
+                self.suspended.append(current)
+            acks.append(
+                self._ack(current.id, AckStage.PREEMPTED, now, AckReason.HIGHER_PRIORITY, by=command.id)
             )
-            return Step(
-                acks=(preempted, self._ack(command.id, AckStage.RECEIVED, now)),
-                stop=current.id,
-                start=command,
-            )
-        return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason.BUSY, by=current.id),))
+            acks.append(self._ack(command.id, AckStage.RECEIVED, now))
+            return Step(acks=tuple(acks), stop=current.id, start=command)
+        acks.append(self._ack(command.id, AckStage.REJECTED, now, AckReason.BUSY, by=current.id))
+        return Step(acks=tuple(acks), stop=stop)
 
     def on_started(self, command_id: str, now: datetime) -> Step:
         """The player began playing `command_id`."""
         return self._progress(command_id, AckStage.PLAYING, now)
 
     def on_finished(self, command_id: str, now: datetime) -> Step:
-        """The player played `command_id` to the end."""
+        """The player played `command_id` to the end; a programme put aside may resume."""
         step = self._progress(command_id, AckStage.COMPLETED, now)
-        self._release(command_id)
-        return step
+        return self._release(command_id, step, now)
 
     def on_failed(self, command_id: str, now: datetime, detail: str) -> Step:
         """The player could not play `command_id` (download, checksum, decoder, amplifier)."""
         step = self._progress(command_id, AckStage.FAILED, now, AckReason.PLAYBACK_ERROR, detail)
-        self._release(command_id)
-        return step
+        return self._release(command_id, step, now)
 
     def _progress(
         self,
@@ -135,9 +144,34 @@ class TerminalCore:
             return Step()
         return Step(acks=(self._ack(command_id, stage, now, reason, detail),))
 
-    def _release(self, command_id: str) -> None:
+    def _release(self, command_id: str, step: Step, now: datetime) -> Step:
+        if self.current is None or self.current.id != command_id:
+            return step
+        self.current = None
+        return Step(acks=step.acks, start=self._resume(now))
+
+    def _end(self, command_id: str, by: str, now: datetime) -> tuple[Ack, bool]:
+        """End a command because a cancel or an update `by` says so: the ack to send, and whether
+        it was the one playing (the caller stops it)."""
         if self.current is not None and self.current.id == command_id:
             self.current = None
+            return self._ack(command_id, AckStage.CANCELLED, now, by=by), True
+        aside = next((c for c in self.suspended if c.id == command_id), None)
+        if aside is not None:
+            self.suspended.remove(aside)
+            return self._ack(command_id, AckStage.CANCELLED, now, by=by), False
+        previous = self._last_ack.get(command_id)
+        if previous is not None and previous.stage in FINAL_STAGES:
+            return previous, False
+        return self._ack(command_id, AckStage.CANCELLED, now, by=by), False
+
+    def _resume(self, now: datetime) -> Command | None:
+        """The programme put aside to play next, if one has not expired; it becomes current."""
+        self.suspended = [c for c in self.suspended if now < c.expires_at]
+        if not self.suspended:
+            return None
+        self.current = self.suspended.pop(self.suspended.index(max(self.suspended, key=lambda c: c.priority)))
+        return self.current
 
     def _ack(
         self,
@@ -161,11 +195,14 @@ class TerminalCore:
         )
         self._last_ack[command_id] = ack
         self._last_ack.move_to_end(command_id)
-        playing = self.current.id if self.current is not None else None
-        while len(self._last_ack) > self.remember:
-            oldest, oldest_ack = self._last_ack.popitem(last=False)
-            if oldest == playing:
-                self._last_ack[oldest] = oldest_ack
+        excess = len(self._last_ack) - self.remember
+        if excess > 0:
+            # What is playing or put aside must stay recognisable as a duplicate.
+            keep = {c.id for c in self.suspended}
+            if self.current is not None:
+                keep.add(self.current.id)
+            for oldest in [k for k in self._last_ack if k not in keep][:excess]:
+                del self._last_ack[oldest]
         return ack
 
 

@@ -50,6 +50,10 @@ class SimulatedTerminal:
         self._client: aiomqtt.Client | None = None
         self._session = 0
         self._player: asyncio.Task[None] | None = None
+        self._playing: tuple[str, float] | None = None
+        """the command being played and when (monotonic) it will end"""
+        self._left: dict[str, float] = {}
+        """seconds left of pre-empted programmes, for when they resume"""
         self._started = time.monotonic()
         self.commands_seen = 0
         self.commands_dropped = 0
@@ -160,6 +164,12 @@ class SimulatedTerminal:
         if step.stop is not None and self._player is not None:
             self._player.cancel()
             self._player = None
+            if self._playing is not None and self._playing[0] == step.stop:
+                # A pre-empted programme resumes where it was interrupted.
+                self._left[step.stop] = max(0.0, self._playing[1] - time.monotonic())
+            self._playing = None
+            aside = {command.id for command in self.core.suspended}
+            self._left = {k: v for k, v in self._left.items() if k in aside}
         if step.start is not None:
             self.commands_seen += 1
             self._player = asyncio.create_task(self._play(step.start))
@@ -167,5 +177,8 @@ class SimulatedTerminal:
     async def _play(self, command: Command) -> None:
         await asyncio.sleep(self._behaviour.start_delay(self._rng))
         await self._carry_out(self.core.on_started(command.id, now_utc()))
-        await asyncio.sleep(self._behaviour.playback(command.content) * command.repeat)
+        length = self._left.pop(command.id, self._behaviour.playback(command.content) * command.repeat)
+        self._playing = (command.id, time.monotonic() + length)
+        await asyncio.sleep(length)
+        self._playing = None
         await self._carry_out(self.core.on_finished(command.id, now_utc()))

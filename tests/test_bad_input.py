@@ -119,7 +119,8 @@ async def test_qos1_duplicate_of_a_live_delivery_is_ignored_and_counted(live: Li
         await publish_raw(live, [(live.topics.terminal_ack(specs[0].terminal_id), encode(done))])
 
         async def ignored() -> bool:
-            return metric(await metrics_text(live), "cunxiang_delivery_transitions_ignored_total") >= 1
+            text = await metrics_text(live)
+            return metric(text, "cunxiang_delivery_transitions_ignored_total", reason="duplicate") >= 1
 
         await eventually(ignored)
     report = await live.report(accepted["id"])
@@ -129,7 +130,7 @@ async def test_qos1_duplicate_of_a_live_delivery_is_ignored_and_counted(live: Li
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown region", {"regions": ["421299"]}, "unknown region code(s): 421299"),
     ("malformed region", {"regions": ["42120"]}, "string should match pattern"),
-    ("no regions", {"regions": []}, "at least 1 item"),
+    ("no target", {"regions": []}, "the target is empty"),
     ("expiry in the past", {"expires_in": None, "expires_at": "2020-01-01T00:00:00Z"}, "is in the past"),
     ("zero expires_in", {"expires_in": 0}, "expires_in must be a positive number"),
     ("both expiries", {"expires_at": "2099-01-01T00:00:00Z"}, "exactly one of expires_in"),

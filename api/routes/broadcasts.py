@@ -22,6 +22,7 @@ class BroadcastAccepted(BaseModel):
     issued_at: datetime
     expires_at: datetime
     priority: int
+    supersedes: str | None
 
 
 class BroadcastSummary(BaseModel):
@@ -30,15 +31,34 @@ class BroadcastSummary(BaseModel):
     level: int | None
     state: str
     regions: list[str]
+    groups: list[str] | None
     terminals: int
     issued_at: datetime
     expires_at: datetime
+    supersedes: str | None
+    superseded_by: str | None
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=BroadcastAccepted)
 async def send_broadcast(request: BroadcastRequest, controller: ControllerDep) -> Broadcast:
     """Persist the broadcast and a delivery per terminal in the target, then publish it."""
     return await controller.submit(request)
+
+
+@router.post("/{broadcast_id}/update", status_code=status.HTTP_201_CREATED, response_model=BroadcastAccepted)
+async def update_broadcast(
+    broadcast_id: str, request: BroadcastRequest, controller: ControllerDep
+) -> Broadcast:
+    """Issue an update that supersedes this broadcast (CAP's Update with `references`): new text or
+    audio, a new level, the same target or wider.
+
+    While the broadcast is still going, each terminal ends it as the update reaches it (`cancelled`,
+    `by` the update) and plays the update instead; the broadcast becomes `superseded`. An update of
+    one that is over is sent as a new broadcast linked to it. 404 if it does not exist; 409 if it
+    was cancelled or already updated (update the newest one); 422 if the update would leave out
+    terminals the broadcast still reaches.
+    """
+    return await controller.submit(request, updates=broadcast_id)
 
 
 @router.post("/{broadcast_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=BroadcastAccepted)
