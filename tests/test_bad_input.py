@@ -181,3 +181,74 @@ async def test_expires_at_given_in_beijing_time_is_honoured(live: LiveServer) ->
     )
     accepted = await live.send(kind="notice", regions=["421202"], text="t", expires_at=beijing.isoformat())
     assert datetime.fromisoformat(accepted["expires_at"]) == beijing.replace(microsecond=beijing.microsecond)
+
+
+async def test_acks_that_are_absurd_backwards_of_unknown_stage_or_not_theirs_are_counted(
+    live: LiveServer,
+) -> None:
+    specs = specs_in(["421202106001", "421202106002"])
+    await live.register(specs)
+    mine, other = specs[0].terminal_id, specs[1].terminal_id
+    async with live.fleet(specs[:1]):
+        accepted = await live.send(terminals=[mine], kind="notice", text="only one", expires_in=60)
+        await live.report_when(accepted["id"], lambda r: r["state"] == "finished")
+        now = datetime.now(UTC)
+
+        def ack(terminal: str, stage: AckStage, at: datetime) -> tuple[str, bytes]:
+            message = Ack(command_id=accepted["id"], terminal_id=terminal, stage=stage, at=at)
+            return live.topics.terminal_ack(terminal), encode(message)
+
+        unknown_stage = encode(
+            Ack(command_id=accepted["id"], terminal_id=mine, stage=AckStage.PLAYING, at=now)
+        )
+        await publish_raw(
+            live,
+            [
+                ack(mine, AckStage.RECEIVED, now + timedelta(days=365 * 30)),
+                ack(mine, AckStage.RECEIVED, datetime(1970, 1, 1, tzinfo=UTC)),
+                ack(other, AckStage.RECEIVED, now),
+                (live.topics.terminal_ack(mine), unknown_stage.replace(b'"playing"', b'"exploded"')),
+            ],
+        )
+
+        async def counted() -> bool:
+            text = await metrics_text(live)
+            return (
+                metric(text, "cunxiang_mqtt_messages_rejected_total", reason="absurd_timestamp") == 2
+                and metric(text, "cunxiang_mqtt_messages_rejected_total", reason="unknown_stage") == 1
+            )
+
+        await eventually(counted)
+    text = await metrics_text(live)
+    # Finished by then, so the stranger's ack is for a broadcast that is over.
+    assert metric(text, "cunxiang_mqtt_messages_rejected_total", reason="ack_for_finished_broadcast") == 1
+    report = await live.report(accepted["id"])
+    assert report["terminals"] == 1 and report["counts"]["completed"] == 1
+
+
+async def test_ack_from_a_terminal_the_live_broadcast_did_not_target_or_going_backwards_is_counted(
+    live: LiveServer,
+) -> None:
+    specs = specs_in(["421202106226", "421202106227"])
+    await live.register(specs)
+    mine, other = specs[0].terminal_id, specs[1].terminal_id
+    accepted = await live.send(terminals=[mine], kind="notice", text="x", expires_in=60)
+    now = datetime.now(UTC)
+
+    def ack(terminal: str, stage: AckStage) -> tuple[str, bytes]:
+        message = Ack(command_id=accepted["id"], terminal_id=terminal, stage=stage, at=now)
+        return live.topics.terminal_ack(terminal), encode(message)
+
+    await publish_raw(
+        live, [ack(mine, AckStage.PLAYING), ack(mine, AckStage.RECEIVED), ack(other, AckStage.RECEIVED)]
+    )
+
+    async def counted() -> bool:
+        text = await metrics_text(live)
+        return (
+            metric(text, "cunxiang_mqtt_messages_rejected_total", reason="terminal_not_targeted") == 1
+            and metric(text, "cunxiang_delivery_transitions_ignored_total", reason="backwards") == 1
+        )
+
+    await eventually(counted)
+    await live.report_when(accepted["id"], lambda r: r["counts"]["playing"] == 1)
