@@ -2,6 +2,7 @@
 
 - `embedded_broker`: the controller's own embedded broker (amqtt), one per test session, on a free port.
 - `mosquitto_url`: a Mosquitto started for the session on a free port (skipped where not installed).
+- `writer`: the controller's batched database writer on a fresh `database_url`.
 - `database_url`: a fresh SQLite file, and a fresh PostgreSQL database when
   CUNXIANG_TEST_POSTGRES_URL is set (tests using it then run once on each).
 Each test gets its own topic prefix and controller id, so tests sharing a broker never see each
@@ -15,9 +16,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlmodel import Session
 
+from controller.db import init_schema, make_engine
 from controller.embedded_broker import EmbeddedBroker, free_port
+from controller.metrics import Metrics
+from controller.models import Region, Terminal
 from controller.settings import Settings, load_settings
+from controller.writer import DbWriter
 from deploy.mosquitto import mosquitto_binary, run_mosquitto, stop_process
 from tests.live import LiveServer
 
@@ -96,3 +102,20 @@ def settings(database_url: str, embedded_broker: EmbeddedBroker) -> Settings:
 async def live(settings: Settings) -> AsyncIterator[LiveServer]:
     async with LiveServer(settings) as server:
         yield server
+
+
+@pytest.fixture
+async def writer(database_url: str) -> AsyncIterator[DbWriter]:
+    """A DbWriter on a fresh database with one village and terminals t-1 and t-2 (its loop not running)."""
+    engine = make_engine(database_url)
+    init_schema(engine)
+    with Session(engine) as session:
+        session.add(Region(code="421202100001", name="村", level="village", parent_code="421202100"))
+        session.add(Terminal(id="t-1", region_code="421202100001"))
+        session.add(Terminal(id="t-2", region_code="421202100001"))
+        session.commit()
+    metrics = Metrics()
+    db_writer = DbWriter(engine, metrics, interval=0.01, max_rows=100)
+    yield db_writer
+    await db_writer.close()
+    engine.dispose()

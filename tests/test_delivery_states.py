@@ -114,3 +114,21 @@ def test_duplicates_and_late_acks_are_ignored_in_a_full_sequence() -> None:
 
 def test_ack_arriving_before_the_command_is_marked_sent_still_applies() -> None:
     assert _apply(S.PENDING, [AckStage.PLAYING]) == (S.PLAYING, 0)
+
+
+RESUMED_OR_ENDED = {S.PLAYING, S.COMPLETED, S.FAILED, S.CANCELLED}
+
+
+@pytest.mark.parametrize("new", list(DeliveryState), ids=lambda s: s.value)
+def test_a_preempted_programme_may_only_resume_or_end(new: DeliveryState) -> None:
+    assert can_move(S.PREEMPTED, new, resumable=True) is (new in RESUMED_OR_ENDED)
+    assert not can_move(S.PREEMPTED, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"), _pairs(product([f for f in FINALS if f is not S.PREEMPTED], FINALS))
+)
+def test_other_final_states_stay_final_even_for_a_programme(
+    current: DeliveryState, new: DeliveryState
+) -> None:
+    assert not can_move(current, new, resumable=True)

@@ -57,7 +57,7 @@ async def test_every_pair_of_classes_and_issuers_preempts_or_is_rejected_busy(li
             seconds.append(await live.send(**body))
 
         def answered(report: dict[str, Any]) -> bool:
-            return report["counts"]["playing"] + report["counts"]["rejected"] == 1
+            return bool(report["counts"]["playing"] + report["counts"]["rejected"] == 1)
 
         await asyncio.gather(*(live.report_when(s["id"], answered, timeout=60) for s in seconds))
         await live.controller.writer.flush()

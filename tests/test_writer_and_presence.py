@@ -1,7 +1,6 @@
 """The batched writer and the presence tracker, against a real database."""
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -10,29 +9,13 @@ from sqlmodel import Session
 
 from controller.db import init_schema, make_engine
 from controller.metrics import Metrics
-from controller.models import Region, Terminal
+from controller.models import Terminal
 from controller.presence import STALE_SESSION, PresenceTracker
 from controller.writer import DbWriter
 from devices.backoff import BACKOFF_MAX_S, reconnect_delay
 from devices.messages import Presence, TerminalStatus
 
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def writer(database_url: str) -> AsyncIterator[DbWriter]:
-    engine = make_engine(database_url)
-    init_schema(engine)
-    with Session(engine) as session:
-        session.add(Region(code="421202100001", name="村", level="village", parent_code="421202100"))
-        session.add(Terminal(id="t-1", region_code="421202100001"))
-        session.add(Terminal(id="t-2", region_code="421202100001"))
-        session.commit()
-    metrics = Metrics()
-    db_writer = DbWriter(engine, metrics, interval=0.01, max_rows=100)
-    yield db_writer
-    await db_writer.close()
-    engine.dispose()
 
 
 def stored(writer: DbWriter, terminal_id: str) -> Terminal:
