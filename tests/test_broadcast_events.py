@@ -50,3 +50,21 @@ async def test_events_of_a_finished_broadcast_end_at_once(live: LiveServer) -> N
 async def test_events_of_an_unknown_broadcast_are_404(live: LiveServer) -> None:
     response = await live.http.get("/api/v1/broadcasts/nope/events")
     assert response.status_code == 404
+
+
+async def test_events_of_a_superseded_broadcast_end_when_its_terminals_have_reported(
+    live: LiveServer,
+) -> None:
+    specs = specs_in(["421202106001"])
+    await live.register(specs)
+    body: dict[str, Any] = {"kind": "notice", "regions": ["421202106001"], "expires_in": 60}
+    async with live.fleet(specs, playback_s=30):
+        first = await live.send(text="旧", **body)
+        await live.report_when(first["id"], lambda r: r["counts"]["playing"] == 1)
+        response = await live.http.post(
+            f"/api/v1/broadcasts/{first['id']}/update", json=body | {"text": "新"}
+        )
+        assert response.status_code == 201
+        events = await read_events(live, first["id"])
+    name, final = events[-1]
+    assert name == "end" and final["state"] == "superseded" and final["counts"]["cancelled"] == 1

@@ -63,7 +63,9 @@ async def _events(
             with contextlib.suppress(Exception):
                 await controller.writer.flush()
             report = await asyncio.to_thread(_report, controller, broadcast_id)
-            if report["state"] in OVER:
+            if report["state"] in OVER or (
+                report["state"] == BroadcastState.SUPERSEDED and report["finished_at"] is not None
+            ):
                 yield _event("end", report)
                 return
             await asyncio.sleep(TICK_S)
