@@ -11,7 +11,7 @@ from controller.broadcasts import BroadcastConflict, BroadcastNotFound, Broadcas
 from controller.groups import GroupNotFound, GroupRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
-from controller.terminals import TerminalsRejected
+from controller.terminals import TerminalNotFound, TerminalsRejected
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(BroadcastNotFound)
     @app.exception_handler(GroupNotFound)
+    @app.exception_handler(TerminalNotFound)
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 

@@ -10,6 +10,7 @@ ends the old message as it takes the new one.
 """
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Self
@@ -18,15 +19,22 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sqlalchemy import insert, or_
 from sqlmodel import Session, col, select
 
-from controller.delivery import UNCONFIRMED, DeliveryState
+from controller.delivery import FINAL_STATES, UNCONFIRMED, DeliveryState
 from controller.groups import GroupId
-from controller.models import Broadcast, BroadcastState, Delivery, Terminal, TerminalGroup
+from controller.models import SENDING_STATES, Broadcast, BroadcastState, Delivery, Terminal, TerminalGroup
 from controller.regions import missing_regions
 from controller.terminals import terminal_regions
-from devices.messages import AudioRef, Cancel, Command, Content, RegionCode, TerminalId, encode
+from devices.messages import (
+    SUPERSEDES_MAX,
+    AudioRef,
+    Cancel,
+    Command,
+    Content,
+    RegionCode,
+    TerminalId,
+    encode,
+)
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
-
-LIVE_STATES = (BroadcastState.ACCEPTED, BroadcastState.ACTIVE)
 
 
 class BroadcastRequest(BaseModel):
@@ -45,7 +53,7 @@ class BroadcastRequest(BaseModel):
     issuer_region: RegionCode | None = Field(
         default=None,
         description="the authority issuing it, the controller's region or one within it (default: the "
-        "controller's region): sets its rank among equals; when given, the target must lie within it",
+        "controller's region): sets its rank among equals; the target must lie within it",
     )
     text: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     language: str = "zh-CN"
@@ -96,7 +104,7 @@ def build_command(
     county_region: str,
     now: datetime,
     max_expires_in: int,
-    supersedes: str | None = None,
+    supersedes: list[str] | None = None,
 ) -> Command:
     issuer_region = request.issuer_region or county_region
     if not issuer_region.startswith(county_region):
@@ -135,11 +143,11 @@ class Target:
     """every terminal reached → its region"""
 
 
-def resolve_target(session: Session, request: BroadcastRequest) -> Target:
+def resolve_target(session: Session, request: BroadcastRequest, issuer_region: str) -> Target:
     """The request's regions, groups and terminals as terminals; raises BroadcastRejected.
 
-    A request that names its issuer must keep its target within the issuer's region (a township
-    cannot reach the next township). Without one, the controller itself issues it.
+    The target must lie within the issuer's region: a township cannot reach the next township,
+    and a county controller cannot reach the next county.
     """
     query = select(TerminalGroup).where(col(TerminalGroup.id).in_(request.groups))
     groups = list(session.exec(query).all())
@@ -159,7 +167,6 @@ def resolve_target(session: Session, request: BroadcastRequest) -> Target:
     unknown = [t for t in request.terminals if t not in addressed]
     if unknown:
         raise BroadcastRejected(f"unknown terminal(s): {', '.join(unknown[:20])}")
-    issuer_region = request.issuer_region or ""
     outside = sorted(r for r in regions | set(addressed.values()) if not r.startswith(issuer_region))
     if outside:
         raise BroadcastRejected(
@@ -173,11 +180,14 @@ def resolve_target(session: Session, request: BroadcastRequest) -> Target:
 
 
 def resolve_terminals(session: Session, regions: list[str]) -> dict[str, str]:
-    """Every registered terminal within any of `regions` (codes nest by prefix): id → its region."""
+    """Every terminal in service within any of `regions` (codes nest by prefix): id → its region."""
     if not regions:
         return {}
     condition = or_(*(col(Terminal.region_code).startswith(code) for code in regions))
-    rows = session.exec(select(Terminal.id, Terminal.region_code).where(condition)).all()
+    query = select(Terminal.id, Terminal.region_code).where(
+        condition, col(Terminal.decommissioned_at).is_(None)
+    )
+    rows = session.exec(query).all()
     return dict(rows)
 
 
@@ -188,18 +198,21 @@ def accept(
 
     With `updates`, also mark that broadcast superseded by this one, in the same transaction.
     """
-    target = resolve_target(session, request)
-    if updates is not None and command.supersedes is not None:
-        left_out = session.exec(
-            select(Delivery.terminal_id).where(
-                Delivery.broadcast_id == updates.id, col(Delivery.terminal_id).not_in(list(target.reached))
-            )
+    target = resolve_target(session, request, command.issuer_region)
+    if command.supersedes:
+        rows = session.exec(
+            select(Delivery.terminal_id, Delivery.state, Broadcast.kind)
+            .join(Broadcast)
+            .where(col(Delivery.broadcast_id).in_(command.supersedes))
         ).all()
+        left_out = sorted(
+            {t for t, state, kind in rows if _still_reached(state, kind)} - target.reached.keys()
+        )
         if left_out:
             raise BroadcastRejected(
-                f"an update must reach every terminal of the broadcast it updates (the same target or "
-                f"wider); {len(left_out)} terminal(s) of {updates.id} would keep its old message, e.g. "
-                f"{', '.join(sorted(left_out)[:5])}. Cancel it and send a new broadcast instead"
+                f"an update must reach every terminal the broadcast it updates still reaches (the same "
+                f"target or wider); {len(left_out)} terminal(s) would keep the old message, e.g. "
+                f"{', '.join(left_out[:5])}. Cancel it and send a new broadcast instead"
             )
     broadcast = Broadcast(
         id=command.id,
@@ -221,7 +234,7 @@ def accept(
     session.add(broadcast)
     if updates is not None:
         updates.superseded_by = command.id
-        if command.supersedes is not None:
+        if updates.state in SENDING_STATES:
             updates.state = BroadcastState.SUPERSEDED
         session.add(updates)
     session.flush()
@@ -241,6 +254,29 @@ def accept(
         )
     session.commit()
     return broadcast, target
+
+
+def _still_reached(state: str, kind: str) -> bool:
+    """Whether a delivery is not over: the terminal may still play, or resume, the broadcast."""
+    return state not in FINAL_STATES or (state == DeliveryState.PREEMPTED and kind == BroadcastKind.PROGRAMME)
+
+
+def open_lineage(session: Session, broadcast: Broadcast) -> list[Broadcast]:
+    """`broadcast` if it is going out, and the broadcasts it superseded (directly or through earlier
+    updates) that still wait to hear from terminals: what an update of it must end, or a cancel of
+    it must cancel too, for terminals that missed an update in between. Newest first."""
+    chain = [broadcast] if broadcast.state in SENDING_STATES else []
+    earlier = broadcast
+    for _ in range(SUPERSEDES_MAX - 1):
+        if earlier.supersedes is None:
+            break
+        parent = session.get(Broadcast, earlier.supersedes)
+        if parent is None or parent.state != BroadcastState.SUPERSEDED:
+            break
+        if parent.finished_at is None:
+            chain.append(parent)
+        earlier = parent
+    return chain
 
 
 def updatable(session: Session, broadcast_id: str) -> Broadcast:
@@ -264,7 +300,7 @@ def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, Deliver
     """Broadcasts not yet over, with their delivery states and the terminals still owed a cancel,
     for a controller that (re)starts."""
     live = or_(
-        col(Broadcast.state).in_([BroadcastState.ACCEPTED, BroadcastState.ACTIVE, BroadcastState.CANCELLING]),
+        col(Broadcast.state).in_([*SENDING_STATES, BroadcastState.CANCELLING]),
         (col(Broadcast.state) == BroadcastState.SUPERSEDED) & col(Broadcast.finished_at).is_(None),
     )
     broadcasts = session.exec(select(Broadcast).where(live)).all()
@@ -282,8 +318,12 @@ def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, Deliver
     return [(broadcast, states[broadcast.id], owed[broadcast.id]) for broadcast in broadcasts]
 
 
-def record_cancel(session: Session, broadcast_id: str, cancel: Cancel) -> Broadcast:
-    """Store that the broadcast is being cancelled, with the exact cancel payload to send."""
+def record_cancel(
+    session: Session, broadcast_id: str, new_cancel: Callable[[str], Cancel]
+) -> list[tuple[Broadcast, Cancel]]:
+    """Store that the broadcast is being cancelled, with the exact cancel payload to send, and the
+    same for the broadcasts it superseded that are still open (a terminal that missed the update
+    must not go on playing the older message). `new_cancel(id)` makes the cancel of one."""
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
@@ -291,10 +331,14 @@ def record_cancel(session: Session, broadcast_id: str, cancel: Cancel) -> Broadc
         raise BroadcastConflict(
             f"broadcast {broadcast_id} was replaced by its update {broadcast.superseded_by}; cancel that one"
         )
-    if broadcast.state not in LIVE_STATES:
+    if broadcast.state not in SENDING_STATES:
         raise BroadcastConflict(f"broadcast {broadcast_id} is {broadcast.state}; there is nothing to cancel")
-    broadcast.state = BroadcastState.CANCELLING
-    broadcast.cancel_command = encode(cancel).decode()
-    session.add(broadcast)
+    cancelled = []
+    for each in open_lineage(session, broadcast):
+        cancel = new_cancel(each.id)
+        each.state = BroadcastState.CANCELLING
+        each.cancel_command = encode(cancel).decode()
+        session.add(each)
+        cancelled.append((each, cancel))
     session.commit()
-    return broadcast
+    return cancelled

@@ -1,8 +1,10 @@
 """The delivery state machine: one terminal's progress through one broadcast.
 
     pending ─► sent ─► received ─► playing ─► completed
-       │         │         │          │
-       └─────────┴─────────┴──────────┴─► preempted | rejected | failed | expired | cancelled
+       │         │         │          │  ▲
+       │         │         │          │  └── resumed (programmes only) ──┐
+       └─────────┴─────────┴──────────┴─► preempted ────────────────────┘
+                                      └─► rejected | failed | expired | cancelled
 
 A state only moves forward (acknowledgements may skip stages: an ack can arrive before the
 controller has marked the command sent); a final state never changes, except that a programme

@@ -71,23 +71,30 @@ class Dispatcher:
     async def _publish_to_targets(self, live: LiveBroadcast) -> bool:
         """The first publish, on every target region's and single terminal's topic; all or none
         counts as done (terminals drop the copies a second attempt gives them)."""
-        gate = asyncio.Semaphore(RESEND_CONCURRENCY)
-
-        async def send(topic: str) -> None:
-            async with gate:
-                await self._bus.publish(topic, live.payload, timeout=PUBLISH_TIMEOUT_S)
-
-        topics = [self._topics.region_command(region) for region in live.regions]
-        topics += [self._topics.terminal_command(terminal) for terminal in live.terminals]
-        try:
-            await asyncio.gather(*(send(topic) for topic in topics))
-        except BusUnavailable as exc:
-            log.warning("broadcast %s: first publish failed (%s); will try again", live.id, exc.reason)
+        regions = [self._topics.region_command(region) for region in live.regions]
+        singles = [self._topics.terminal_command(terminal) for terminal in live.terminals]
+        taken = await self._send_all(regions + singles, live.payload)
+        if not all(taken):
+            log.warning("broadcast %s: first publish failed; will try again", live.id)
             return False
-        self._metrics.mqtt_published.labels("region_command").inc(len(live.regions))
-        self._metrics.mqtt_published.labels("terminal_command").inc(len(live.terminals))
+        self._metrics.mqtt_published.labels("region_command").inc(len(regions))
+        self._metrics.mqtt_published.labels("terminal_command").inc(len(singles))
         self._tracker.mark_sent(live, None, now_utc())
         return True
+
+    async def _send_all(self, topics: list[str], payload: bytes) -> list[bool]:
+        """Publish `payload` on each topic, a bounded number at a time; whether the broker took each."""
+        gate = asyncio.Semaphore(RESEND_CONCURRENCY)
+
+        async def send(topic: str) -> bool:
+            async with gate:
+                try:
+                    await self._bus.publish(topic, payload, timeout=PUBLISH_TIMEOUT_S)
+                except BusUnavailable:
+                    return False
+                return True
+
+        return list(await asyncio.gather(*(send(topic) for topic in topics)))
 
     def _region_lock(self, broadcast_id: str) -> asyncio.Lock:
         for other, lock in list(self._region_locks.items()):
@@ -110,19 +117,9 @@ class Dispatcher:
 
     async def resend(self, live: LiveBroadcast, terminal_ids: list[str]) -> list[str]:
         """Send the broadcast's current payload to single terminals; returns those the broker took."""
-        gate = asyncio.Semaphore(RESEND_CONCURRENCY)
-
-        async def send(terminal_id: str) -> str | None:
-            async with gate:
-                try:
-                    await self._bus.publish(
-                        self._topics.terminal_command(terminal_id), live.payload, timeout=PUBLISH_TIMEOUT_S
-                    )
-                except BusUnavailable:
-                    return None
-                return terminal_id
-
-        sent = [t for t in await asyncio.gather(*(send(t) for t in terminal_ids)) if t is not None]
+        topics = [self._topics.terminal_command(terminal_id) for terminal_id in terminal_ids]
+        taken = await self._send_all(topics, live.payload)
+        sent = [terminal_id for terminal_id, ok in zip(terminal_ids, taken, strict=True) if ok]
         self._metrics.mqtt_published.labels("terminal_command").inc(len(sent))
         if len(sent) < len(terminal_ids):
             log.warning(

@@ -1,6 +1,6 @@
 """Database tables. Times are stored and returned as timezone-aware UTC."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +48,18 @@ class BroadcastState(StrEnum):
     """replaced by an update; stays so while its last terminals report, and after"""
 
 
+SENDING_STATES = (BroadcastState.ACCEPTED, BroadcastState.ACTIVE)
+"""a broadcast that is going out: it can be cancelled or superseded"""
+
+
+def broadcast_over(state: str, finished_at: datetime | None) -> bool:
+    """Whether nothing more will change for a broadcast. A superseded one still hears how it ended
+    on each terminal until it is finished too."""
+    if state == BroadcastState.SUPERSEDED:
+        return finished_at is not None
+    return state in (BroadcastState.FINISHED, BroadcastState.EXPIRED, BroadcastState.CANCELLED)
+
+
 class Region(SQLModel, table=True):
     code: str = Field(primary_key=True, max_length=12)
     name: str = Field(max_length=100)
@@ -60,11 +72,22 @@ class Terminal(SQLModel, table=True):
     region_code: str = Field(index=True, max_length=12, foreign_key="region.code")
     kind: str = Field(default="outdoor_speaker", max_length=32)
     name: str | None = Field(default=None, max_length=100)
+    latitude: float | None = None
+    longitude: float | None = None
+    installed_on: date | None = None
+    notes: str | None = Field(default=None, max_length=1000)
     presence: str = Field(default="unknown", max_length=16)
     presence_since: datetime | None = _utc_column(default=None)
     session: int | None = Field(default=None, sa_type=BigInteger)
     firmware: str | None = Field(default=None, max_length=64)
+    secret_hash: str | None = Field(
+        default=None, max_length=200, description="the MQTT password, hashed in Mosquitto's $7$ format"
+    )
+    credentials_issued_at: datetime | None = _utc_column(default=None)
     created_at: datetime = _utc_column(default_factory=now_utc)
+    decommissioned_at: datetime | None = _utc_column(
+        default=None, description="taken out of service: no longer targeted or tracked; its history stays"
+    )
 
 
 class TerminalGroup(SQLModel, table=True):

@@ -70,6 +70,12 @@ class PresenceTracker:
         if earlier is not None:
             self.on_status(*earlier)
 
+    def forget(self, terminal_id: str) -> None:
+        """Stop tracking a terminal taken out of service."""
+        entry = self._terminals.pop(terminal_id, None)
+        if entry is not None:
+            self._count(entry.presence, -1)
+
     def get(self, terminal_id: str) -> TerminalPresence | None:
         return self._terminals.get(terminal_id)
 

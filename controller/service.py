@@ -9,6 +9,7 @@ earlier one failed, so a database error at shutdown cannot leave the MQTT sessio
 """
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
@@ -18,7 +19,6 @@ from typing import Any
 from sqlmodel import Session
 
 from controller.broadcasts import (
-    LIVE_STATES,
     BroadcastNotFound,
     BroadcastRequest,
     Target,
@@ -26,20 +26,31 @@ from controller.broadcasts import (
     build_command,
     live_broadcasts,
     new_broadcast_id,
+    open_lineage,
     record_cancel,
     updatable,
 )
 from controller.bus import BrokerAddress, MqttBus
+from controller.credentials import mosquitto_hash, new_secret
 from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
 from controller.dispatch import Dispatcher
 from controller.embedded_broker import EmbeddedBroker
 from controller.metrics import Metrics
-from controller.models import Broadcast, BroadcastState
+from controller.models import SENDING_STATES, Broadcast, BroadcastState
 from controller.presence import UNKNOWN, PresenceTracker
 from controller.regions import ensure_bundled_regions
 from controller.settings import Settings
-from controller.terminals import TerminalSpec, all_terminals, register_terminals
+from controller.terminals import (
+    Credentials,
+    Registration,
+    TerminalSpec,
+    all_terminals,
+    decommission,
+    needing_credentials,
+    register_terminals,
+    reissue_credentials,
+)
 from controller.tracker import DeliveryTracker, LiveBroadcast
 from controller.writer import DbWriter
 from devices.errors import ProtocolError
@@ -170,13 +181,14 @@ class Controller:
 
         def store(session: Session) -> tuple[Broadcast, Target]:
             earlier = updatable(session, updates) if updates is not None else None
+            ended = [b.id for b in open_lineage(session, earlier)] if earlier is not None else []
             command = build_command(
                 request,
                 broadcast_id=new_broadcast_id(now),
                 county_region=self.settings.county_region,
                 now=now,
                 max_expires_in=self.settings.max_expires_in_s,
-                supersedes=earlier.id if earlier is not None and earlier.state in LIVE_STATES else None,
+                supersedes=ended or None,
             )
             return accept(session, request, command, updates=earlier)
 
@@ -194,7 +206,7 @@ class Controller:
         )
         if broadcast.supersedes is not None:
             earlier_live = self.tracker.find(broadcast.supersedes)
-            if earlier_live is not None:
+            if earlier_live is not None and earlier_live.state in SENDING_STATES:
                 self.tracker.supersede(earlier_live, now)
         await self.dispatcher.publish(live)
         broadcast.state = live.state
@@ -211,28 +223,55 @@ class Controller:
             raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
         await self.writer.flush()
         now = now_utc()
-        cancel = Cancel(
-            id=new_broadcast_id(now),
-            op="cancel",
-            cancels=broadcast_id,
-            issuer_region=self.settings.county_region,
-            issued_at=now,
-        )
-        broadcast = await self.writer.call(lambda session: record_cancel(session, broadcast_id, cancel))
-        live = self.tracker.find(broadcast_id)
-        if live is not None:
-            self.tracker.cancel(live, encode(cancel), cancel.id, now)
-            log.info("broadcast %s cancelled by %s", broadcast_id, cancel.id)
-            await self.dispatcher.publish_cancel(live)
-            broadcast.state = live.state
-        return broadcast
 
-    async def register(self, specs: list[TerminalSpec]) -> tuple[int, int]:
-        """Register terminals (raises TerminalsRejected) and start tracking their presence."""
-        counts = await self.writer.call(lambda session: register_terminals(session, specs))
+        def new_cancel(target: str) -> Cancel:
+            return Cancel(
+                id=new_broadcast_id(now),
+                op="cancel",
+                cancels=target,
+                issuer_region=self.settings.county_region,
+                issued_at=now,
+            )
+
+        cancelled = await self.writer.call(lambda session: record_cancel(session, broadcast_id, new_cancel))
+        for each, cancel in cancelled:
+            live = self.tracker.find(each.id)
+            if live is not None:
+                self.tracker.cancel(live, encode(cancel), cancel.id, now)
+                log.info("broadcast %s cancelled by %s", each.id, cancel.id)
+                await self.dispatcher.publish_cancel(live)
+                each.state = live.state
+        return cancelled[0][0]
+
+    async def register(self, specs: list[TerminalSpec]) -> Registration:
+        """Register terminals (raises TerminalsRejected) and start tracking their presence. New
+        ones, and ones back in service, get MQTT credentials: their secrets are in the answer only."""
+        needed = await self.writer.call(lambda session: needing_credentials(session, [s.id for s in specs]))
+        issued_secrets = {terminal_id: new_secret() for terminal_id in needed}
+        hashes = await asyncio.to_thread(lambda: {t: mosquitto_hash(s) for t, s in issued_secrets.items()})
+        now = now_utc()
+        issued, updated = await self.writer.call(
+            lambda session: register_terminals(session, specs, hashes, now)
+        )
         for spec in specs:
             self.presence.register(spec.id)
-        return counts
+        credentials = [Credentials(terminal_id=t, username=t, secret=issued_secrets[t]) for t in issued]
+        return Registration(created=len(issued), updated=updated, credentials=credentials)
+
+    async def reissue_credentials(self, terminal_id: str) -> Credentials:
+        """A new MQTT secret for a terminal in service (raises TerminalNotFound)."""
+        secret = new_secret()
+        secret_hash = await asyncio.to_thread(mosquitto_hash, secret)
+        now = now_utc()
+        await self.writer.call(lambda session: reissue_credentials(session, terminal_id, secret_hash, now))
+        return Credentials(terminal_id=terminal_id, username=terminal_id, secret=secret)
+
+    async def decommission(self, terminal_id: str) -> None:
+        """Take a terminal out of service (raises TerminalNotFound); its history stays."""
+        now = now_utc()
+        await self.writer.flush()
+        await self.writer.call(lambda session: decommission(session, terminal_id, now))
+        self.presence.forget(terminal_id)
 
     def presence_of(self, terminal_id: str) -> str:
         """Live presence; `unknown` for everyone while the controller itself is cut off from the broker."""
@@ -361,7 +400,10 @@ def _live(
 ) -> LiveBroadcast:
     return LiveBroadcast(
         id=broadcast.id,
+        issued_at=broadcast.issued_at,
         expires_at=broadcast.expires_at,
+        priority=broadcast.priority,
+        supersedes=json.loads(broadcast.command).get("supersedes") or [],
         regions=broadcast.regions,
         terminals=broadcast.terminal_ids or [],
         payload=(broadcast.cancel_command or broadcast.command).encode(),

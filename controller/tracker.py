@@ -23,7 +23,7 @@ from controller.metrics import Metrics
 from controller.models import Broadcast, BroadcastState, Delivery
 from controller.writer import DbWriter
 from devices.backoff import backoff_delay
-from devices.messages import Ack
+from devices.messages import Ack, AckReason, AckStage
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ class LiveBroadcast:
     """What the tracker keeps of a broadcast until it is over."""
 
     id: str
+    issued_at: datetime
     expires_at: datetime
+    priority: int
     regions: list[str]
     payload: bytes
     states: dict[str, DeliveryState]
@@ -48,6 +50,8 @@ class LiveBroadcast:
     """terminals addressed one by one at the first publish (outside `regions`)"""
     resumable: bool = False
     """a programme: a terminal resumes it after a pre-emption, so `preempted` is not final before expiry"""
+    supersedes: list[str] = field(default_factory=list)
+    """the earlier broadcasts its command ends on every terminal that takes it"""
     open: int = field(init=False)
     retries: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     """terminal → (sends so far, when to send again if it has not acknowledged `received` by then)"""
@@ -77,14 +81,18 @@ class LiveBroadcast:
             return terminal_id in self.owed_cancel or not self.final(state)
         return state in UNACKNOWLEDGED_STATES
 
-    def unfinished(self) -> list[str]:
-        """Terminals to send it to again (a birth, a reconnect): not done with it, or owed the cancel."""
-        if self.state is BroadcastState.SUPERSEDED:
-            return []
-        return [t for t, state in self.states.items() if not self.final(state) or t in self.owed_cancel]
+    def owes(self, terminal_id: str) -> bool:
+        """Whether to send it again to this terminal (its birth, a reconnect): it has not finished
+        it, or is owed the cancel. Never a broadcast an update replaced: the update ends it."""
+        if self.state is BroadcastState.SUPERSEDED or terminal_id not in self.states:
+            return False
+        return not self.final(self.states[terminal_id]) or terminal_id in self.owed_cancel
+
+    def recount(self) -> None:
+        self.open = sum(1 for state in self.states.values() if not self.final(state))
 
     def __post_init__(self) -> None:
-        self.open = sum(1 for state in self.states.values() if not self.final(state))
+        self.recount()
 
 
 class AckOutcome:
@@ -140,19 +148,19 @@ class DeliveryTracker:
         return self._live.get(broadcast_id)
 
     def unfinished(self, now: datetime) -> list[tuple[LiveBroadcast, list[str]]]:
-        """Unexpired live broadcasts with the terminals to send them to again."""
-        return [(live, live.unfinished()) for live in self._live.values() if now < live.expires_at]
+        """Unexpired live broadcasts with the terminals to send them to again, lowest priority
+        first (see `unfinished_for`)."""
+        return [(live, [t for t in live.states if live.owes(t)]) for live in self._by_priority(now)]
 
     def unfinished_for(self, terminal_id: str, now: datetime) -> list[LiveBroadcast]:
-        """Unexpired live broadcasts this terminal should be sent again."""
-        return [
-            live
-            for live in self._live.values()
-            if now < live.expires_at
-            and live.state is not BroadcastState.SUPERSEDED
-            and terminal_id in live.states
-            and (not live.final(live.states[terminal_id]) or terminal_id in live.owed_cancel)
-        ]
+        """Unexpired live broadcasts this terminal should be sent again, lowest priority first: a
+        programme that arrives before the alert that had pre-empted it is put aside again and
+        resumes after it; the other way round it would be refused as busy."""
+        return [live for live in self._by_priority(now) if live.owes(terminal_id)]
+
+    def _by_priority(self, now: datetime) -> list[LiveBroadcast]:
+        unexpired = [live for live in self._live.values() if now < live.expires_at]
+        return sorted(unexpired, key=lambda live: live.priority)
 
     def mark_sent(self, live: LiveBroadcast, terminal_ids: list[str] | None, at: datetime) -> None:
         """The broker took the command for these terminals (None: the region publish, for everyone).
@@ -211,23 +219,37 @@ class DeliveryTracker:
 
     def on_ack(self, ack: Ack, at: datetime) -> str | None:
         """Apply one acknowledgement; returns a rejection label if it named nothing we track."""
-        if abs(ack.at - at) > self._clock_tolerance:
-            return AckOutcome.ABSURD_TIME
         live = self._live.get(ack.command_id)
         if live is None:
             return AckOutcome.LATE if ack.command_id in self._recently_over else AckOutcome.UNKNOWN_COMMAND
+        # A terminal repeats its stored ack (with its old time) when sent a command again, possibly
+        # long after: only a time before the command existed, or in the future, is absurd.
+        if ack.at > at + self._clock_tolerance or ack.at < live.issued_at - self._clock_tolerance:
+            return AckOutcome.ABSURD_TIME
         current = live.states.get(ack.terminal_id)
         if current is None:
             return AckOutcome.NOT_TARGETED
         new = STATE_FOR_STAGE[ack.stage]
-        if ack.terminal_id in live.owed_cancel and new in FINAL_STATES:
+        if ack.terminal_id in live.owed_cancel and live.final(new):
             self._confirm_cancel(live, ack, new, at)
-            return None
-        if not can_move(current, new, resumable=live.resumable):
+        elif can_move(current, new, resumable=live.resumable):
+            self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail, by=ack.by)
+        else:
             self._metrics.delivery_ignored.labels(_why_ignored(current, new)).inc()
-            return None
-        self._move(live, ack.terminal_id, new, at, reason=ack.reason, detail=ack.detail, by=ack.by)
+        if live.supersedes and (ack.stage is not AckStage.REJECTED or ack.reason is AckReason.BUSY):
+            self._ended_by_update(live, ack.terminal_id, at)
         return None
+
+    def _ended_by_update(self, update: LiveBroadcast, terminal_id: str, at: datetime) -> None:
+        """The terminal took the update, so it ended what the update supersedes, even if its
+        `cancelled` ack for those was lost (it is not sent again: they are never resent)."""
+        for earlier_id in update.supersedes:
+            earlier = self._live.get(earlier_id)
+            if earlier is None or earlier.state is not BroadcastState.SUPERSEDED:
+                continue
+            state = earlier.states.get(terminal_id)
+            if state is not None and not earlier.final(state):
+                self._move(earlier, terminal_id, DeliveryState.CANCELLED, at, by=update.id)
 
     def sweep(self, now: datetime) -> None:
         """Expire what its broadcast's expiry (and, for playing terminals, the grace) has passed."""
@@ -240,7 +262,7 @@ class DeliveryTracker:
                 live.owed_cancel.clear()
                 live.retries.clear()
                 live.resumable = False
-                live.open = sum(1 for state in live.states.values() if not live.final(state))
+                live.recount()
                 if live.over:
                     self._finish(live, now)
                     continue

@@ -20,6 +20,7 @@ from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
 _COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
 DETAIL_MAX = 500
+SUPERSEDES_MAX = 32
 # Sessions are 64-bit (milliseconds since 1970 fit for 292 million years).
 SESSION_MAX = 2**63 - 1
 
@@ -76,8 +77,9 @@ class Command(WireModel):
     content: Content
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
-    supersedes: CommandId | None = None
-    """An update: the earlier command this one replaces (CAP's `references`)."""
+    supersedes: Annotated[list[CommandId], Field(min_length=1, max_length=SUPERSEDES_MAX)] | None = None
+    """An update: the earlier commands it replaces (CAP's `references`): the one it updates, and
+    that one's own predecessors still going, for terminals that missed an update in between."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -86,8 +88,10 @@ class Command(WireModel):
             raise ValueError(f"priority {self.priority} does not match kind/level/issuer ({expected})")
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
-        if self.supersedes == self.id:
-            raise ValueError("a command cannot supersede itself")
+        if self.supersedes is not None and (
+            self.id in self.supersedes or len(set(self.supersedes)) < len(self.supersedes)
+        ):
+            raise ValueError("supersedes must name other commands, each once")
         return self
 
     @property

@@ -7,9 +7,9 @@ start playing, a command to stop. The rules:
 - a command id seen before is a duplicate (QoS 1 redelivers; the controller retries on the
   terminal's own topic): nothing new happens, the last acknowledgement for it is sent again;
 - a command that has expired by the terminal's clock is rejected (`expired`);
-- an update (`supersedes`) first ends the command it replaces as a cancel would (`cancelled`, `by`
-  the update), then is treated like any command; the update takes the place of the one it
-  replaces whatever their priorities;
+- an update (`supersedes`) first ends the commands it replaces as a cancel would (`cancelled`,
+  `by` the update), then is treated like any command: it takes the place of the one it replaces
+  whatever their priorities (playing, or put aside if that one was a programme put aside);
 - while idle, a command is received and started;
 - while playing, a command of strictly higher priority pre-empts the current one (reported
   `preempted`, `by` the new id); an equal or lower one is rejected (`busy`);
@@ -57,7 +57,7 @@ class TerminalCore:
     current: Command | None = None
     suspended: list[Command] = field(default_factory=list)
     """pre-empted programmes, resumed highest priority first. Each was pre-empted by a strictly
-    higher priority and programmes have five (one per issuer level), so there are at most four."""
+    higher priority, and programmes have five (one per issuer level), so there are at most five."""
     _last_ack: OrderedDict[str, Ack] = field(default_factory=OrderedDict)
 
     def on_payload(self, payload: bytes, now: datetime) -> Step:
@@ -97,10 +97,12 @@ class TerminalCore:
             return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason.EXPIRED),))
         acks: list[Ack] = []
         stop = None
-        if command.supersedes is not None:
-            ended, stopped = self._end(command.supersedes, command.id, now)
+        replaces_aside = False
+        for earlier in command.supersedes or ():
+            replaces_aside |= any(c.id == earlier for c in self.suspended)
+            ended, stopped = self._end(earlier, command.id, now)
             acks.append(ended)
-            stop = command.supersedes if stopped else None
+            stop = earlier if stopped else stop
         current = self.current
         if current is None:
             self.current = command
@@ -115,6 +117,11 @@ class TerminalCore:
             )
             acks.append(self._ack(command.id, AckStage.RECEIVED, now))
             return Step(acks=tuple(acks), stop=current.id, start=command)
+        if replaces_aside and command.resumable:
+            # The update of a programme put aside takes its place there, and resumes in its stead.
+            self.suspended.append(command)
+            acks.append(self._ack(command.id, AckStage.RECEIVED, now))
+            return Step(acks=tuple(acks), stop=stop)
         acks.append(self._ack(command.id, AckStage.REJECTED, now, AckReason.BUSY, by=current.id))
         return Step(acks=tuple(acks), stop=stop)
 

@@ -102,7 +102,7 @@ async def test_report_lists_are_capped_but_totals_count_everyone(live: LiveServe
 
 
 async def test_alert_to_a_region_without_terminals_is_finished_at_once(live: LiveServer) -> None:
-    accepted = await live.send(kind="notice", regions=["421281"], text="赤壁", expires_in=60)
+    accepted = await live.send(kind="notice", regions=["421202107"], text="无终端的镇", expires_in=60)
     assert (accepted["terminals"], accepted["state"]) == (0, "finished")
     await live.report_when(accepted["id"], lambda r: r["state"] == "finished" and r["terminals"] == 0)
 

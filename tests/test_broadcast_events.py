@@ -42,7 +42,7 @@ async def test_events_show_coverage_climbing_then_the_final_report(live: LiveSer
 
 
 async def test_events_of_a_finished_broadcast_end_at_once(live: LiveServer) -> None:
-    accepted = await live.send(kind="notice", regions=["421281"], text="无终端", expires_in=60)
+    accepted = await live.send(kind="notice", regions=["421202107"], text="无终端", expires_in=60)
     events = await read_events(live, accepted["id"])
     assert [name for name, _ in events] == ["end"]
 

@@ -75,7 +75,7 @@ async def test_operator_cancels_a_playing_alert_and_every_terminal_reports_cance
 
 
 async def test_cancelling_a_finished_broadcast_is_409_and_unknown_is_404(live: LiveServer) -> None:
-    accepted = await live.send(kind="notice", regions=["421281"], text="无终端", expires_in=60)
+    accepted = await live.send(kind="notice", regions=["421202107"], text="无终端", expires_in=60)
     response = await live.http.post(f"/api/v1/broadcasts/{accepted['id']}/cancel")
     assert response.status_code == 409 and "finished" in response.json()["detail"]
     assert (await live.http.post("/api/v1/broadcasts/nope/cancel")).status_code == 404

@@ -15,7 +15,6 @@ import httpx
 from controller.embedded_broker import free_port
 from tests.processes import clean_env, cunxiang, follow, wait_for
 
-
 CITY = "4212"  # 咸宁市: one terminal in each of its 1,096 villages
 TERMINALS = 1096
 
@@ -40,7 +39,12 @@ def test_sigkill_mid_broadcast_then_restart_completes_every_terminal(
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = clean_env(mqtt_url=mosquitto_url, database_url=f"sqlite:///{tmp_path / 'cx.db'}", retry_after_s="1")
+    env = clean_env(
+        mqtt_url=mosquitto_url,
+        database_url=f"sqlite:///{tmp_path / 'cx.db'}",
+        retry_after_s="1",
+        county_region=CITY,
+    )
     serve = cunxiang("serve", "--port", str(port), env=env, cwd=str(tmp_path))
     simulate = None
     try:

@@ -6,7 +6,6 @@ rule as the issue states it (level I > II > III > IV > notice > programme; among
 issuer wins; equal never interrupts), not computed with the code under test.
 """
 
-import asyncio
 from itertools import product
 from typing import Any
 
@@ -48,9 +47,8 @@ async def test_every_pair_of_classes_and_issuers_preempts_or_is_rejected_busy(li
         for spec, (first, _second, _wins) in zip(specs, PAIRS, strict=True):
             body = first | {"terminals": [spec.terminal_id], "text": "first", "expires_in": 300}
             firsts.append(await live.send(**body))
-        await asyncio.gather(
-            *(live.report_when(f["id"], lambda r: r["counts"]["playing"] == 1, timeout=60) for f in firsts)
-        )
+        for first in firsts:
+            await live.report_when(first["id"], lambda r: r["counts"]["playing"] == 1, timeout=60)
         seconds = []
         for spec, (_first, second, _wins) in zip(specs, PAIRS, strict=True):
             body = second | {"terminals": [spec.terminal_id], "text": "second", "expires_in": 300}
@@ -59,7 +57,8 @@ async def test_every_pair_of_classes_and_issuers_preempts_or_is_rejected_busy(li
         def answered(report: dict[str, Any]) -> bool:
             return bool(report["counts"]["playing"] + report["counts"]["rejected"] == 1)
 
-        await asyncio.gather(*(live.report_when(s["id"], answered, timeout=60) for s in seconds))
+        for second in seconds:
+            await live.report_when(second["id"], answered, timeout=60)
         await live.controller.writer.flush()
         rows = await live.controller.writer.call(
             lambda session: {(d.broadcast_id, d.terminal_id): d for d in session.exec(select(Delivery)).all()}

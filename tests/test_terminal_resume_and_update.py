@@ -139,7 +139,9 @@ def test_a_programme_put_aside_stays_recognisable_however_many_commands_follow()
     core.on_command(ALERT, NOW)
     for n in range(30, 40):
         core.on_command(make_command(command_id(n), kind=BroadcastKind.NOTICE), NOW)
-    assert core.on_command(PROGRAMME, LATER).start is None
+    again = core.on_command(PROGRAMME, LATER)
+    assert _stages(again) == [(PROGRAMME.id, AckStage.PREEMPTED, AckReason.HIGHER_PRIORITY, ALERT.id)]
+    assert core.suspended == [PROGRAMME]
 
 
 # --- updates -------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def test_a_programme_put_aside_stays_recognisable_however_many_commands_follow()
 def _update(n: int, of: Command, **overrides: Any) -> Command:
     values: dict[str, Any] = {"kind": of.kind, "level": of.level, "issuer_region": of.issuer_region}
     values.update(overrides)
-    return make_command(command_id(n), supersedes=of.id, **values)
+    return make_command(command_id(n), supersedes=[of.id], **values)
 
 
 def test_an_update_replaces_the_command_it_supersedes_while_it_plays() -> None:
@@ -206,15 +208,44 @@ def test_an_update_arriving_during_a_higher_alert_ends_the_old_one_and_is_busy()
     assert step.start is None and step.stop is None
 
 
-def test_an_update_of_a_programme_put_aside_removes_it() -> None:
+def test_an_update_of_a_programme_put_aside_takes_its_place_and_resumes() -> None:
     core = _playing(PROGRAMME, ALERT)
     update = _update(17, PROGRAMME)
     step = core.on_command(update, LATER)
     assert _stages(step) == [
         (PROGRAMME.id, AckStage.CANCELLED, None, update.id),
-        (update.id, AckStage.REJECTED, AckReason.BUSY, ALERT.id),
+        (update.id, AckStage.RECEIVED, None, None),
     ]
+    assert step.start is None and core.current == ALERT and core.suspended == [update]
+    assert core.on_finished(ALERT.id, LATER).start == update
+
+
+def test_an_emergency_update_of_a_programme_put_aside_is_busy_like_any_emergency_of_its_rank() -> None:
+    core = _playing(PROGRAMME, ALERT)
+    update = _update(18, PROGRAMME, kind=BroadcastKind.EMERGENCY, level=EmergencyLevel.IV)
+    step = core.on_command(update, LATER)
+    assert _stages(step)[-1] == (update.id, AckStage.REJECTED, AckReason.BUSY, ALERT.id)
     assert core.suspended == []
+
+
+def test_an_update_ends_every_command_it_names_even_one_this_terminal_never_saw_updated() -> None:
+    core = _playing(ALERT)
+    missed = _update(20, ALERT)
+    latest = make_command(
+        command_id(21),
+        kind=ALERT.kind,
+        level=ALERT.level,
+        issuer_region=ALERT.issuer_region,
+        supersedes=[missed.id, ALERT.id],
+    )
+    step = core.on_command(latest, LATER)
+    assert _stages(step) == [
+        (missed.id, AckStage.CANCELLED, None, latest.id),
+        (ALERT.id, AckStage.CANCELLED, None, latest.id),
+        (latest.id, AckStage.RECEIVED, None, None),
+    ]
+    assert step.stop == ALERT.id and step.start == latest
+    assert core.on_command(missed, LATER).start is None
 
 
 def test_a_township_update_of_a_county_alert_replaces_it() -> None:

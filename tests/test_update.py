@@ -6,6 +6,7 @@ from sqlmodel import Session
 
 from controller.models import Broadcast
 from devices.messages import Command, decode
+from tests.conftest import make_settings
 from tests.live import LiveServer, specs_in
 
 VILLAGES = ["421202104001", "421202104215"]
@@ -45,7 +46,7 @@ async def test_update_replaces_the_alert_on_every_terminal_and_links_both(live: 
         f"cancelled (by {second['id']})"
     ] * 2
     assert new["supersedes"] == first["id"] and new["regions"] == [TOWNSHIP]
-    assert (await stored_command(live, second["id"])).supersedes == first["id"]
+    assert (await stored_command(live, second["id"])).supersedes == [first["id"]]
 
 
 async def test_terminal_offline_during_the_update_never_plays_the_old_alert(live: LiveServer) -> None:
@@ -105,3 +106,61 @@ async def test_update_of_a_finished_broadcast_is_a_linked_new_broadcast(live: Li
     old = await live.report(first["id"])
     assert old["state"] == "finished" and old["superseded_by"] == second["id"]
     assert (await stored_command(live, second["id"])).supersedes is None
+
+
+async def test_update_of_an_update_also_ends_the_first_on_a_terminal_that_missed_the_middle_one(
+    live: LiveServer,
+) -> None:
+    specs = specs_in(["421202104216"], per_village=2)
+    await live.register(specs)
+    present, away = specs
+    target = {"terminals": [t.terminal_id for t in specs]}
+    async with live.fleet([away], playback_s=60):
+        first = await live.send(**target, **FLOOD)
+        await live.report_when(first["id"], lambda r: r["counts"]["playing"] == 1)
+    # `away` is gone, still "playing" the first as far as anyone knows; the second reaches only `present`.
+    async with live.fleet([present], playback_s=60):
+        second = (await update(live, first["id"], **target, **(FLOOD | {"text": "二"}))).json()
+        await live.report_when(second["id"], lambda r: r["counts"]["playing"] == 1)
+    third = (await update(live, second["id"], **target, **(FLOOD | {"text": "三"}))).json()
+    assert (await stored_command(live, third["id"])).supersedes == [second["id"], first["id"]]
+    async with live.fleet(specs, playback_s=0.3):
+        await live.report_when(third["id"], lambda r: r["counts"]["completed"] == 2)
+        old = await live.report_when(first["id"], lambda r: r["finished_at"] is not None)
+        middle = await live.report_when(second["id"], lambda r: r["finished_at"] is not None)
+    assert old["state"] == middle["state"] == "superseded"
+    assert old["counts"]["cancelled"] == 2 and middle["counts"]["cancelled"] == 2
+
+
+async def test_cancel_of_an_update_also_cancels_what_it_superseded_where_still_open(live: LiveServer) -> None:
+    specs = specs_in(["421202104217"], per_village=2)
+    await live.register(specs)
+    target = {"terminals": [t.terminal_id for t in specs]}
+    first = await live.send(**target, **FLOOD)
+    second = (await update(live, first["id"], **target, **(FLOOD | {"text": "二"}))).json()
+    response = await live.http.post(f"/api/v1/broadcasts/{second['id']}/cancel")
+    assert response.status_code == 202, response.text
+    async with live.fleet(specs) as fleet:
+        old = await live.report_when(first["id"], lambda r: r["state"] == "cancelled")
+        new = await live.report_when(second["id"], lambda r: r["state"] == "cancelled")
+        played = sum(t.commands_seen for t in fleet.terminals)
+    assert old["counts"]["cancelled"] == new["counts"]["cancelled"] == 2
+    assert old["superseded_by"] == second["id"]
+    assert played == 0
+
+
+async def test_a_superseded_broadcast_still_open_is_followed_again_after_a_restart(
+    database_url: str, mosquitto_url: str
+) -> None:
+    settings = make_settings(database_url, mosquitto_url)
+    specs = specs_in(["421202104218"])
+    async with LiveServer(settings) as live:
+        await live.register(specs)
+        first = await live.send(regions=["421202104218"], **FLOOD)
+        second = (await update(live, first["id"], regions=["421202104218"], **FLOOD)).json()
+    async with LiveServer(settings) as live:
+        assert live.controller.tracker.find(first["id"]) is not None
+        async with live.fleet(specs):
+            await live.report_when(second["id"], lambda r: r["state"] == "finished")
+            old = await live.report_when(first["id"], lambda r: r["finished_at"] is not None)
+    assert old["state"] == "superseded" and old["counts"]["cancelled"] == 1

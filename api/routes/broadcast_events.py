@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
 from api.deps import ControllerDep
-from controller.models import Broadcast, BroadcastState
+from controller.models import Broadcast, broadcast_over
 from controller.regions import region_names
 from controller.reports import broadcast_report, delivery_regions, tally
 from controller.service import Controller
@@ -19,7 +19,6 @@ from controller.service import Controller
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"])
 
 TICK_S = 0.25
-OVER = {BroadcastState.FINISHED, BroadcastState.EXPIRED, BroadcastState.CANCELLED}
 KEEPALIVE_S = 15.0
 
 
@@ -63,9 +62,7 @@ async def _events(
             with contextlib.suppress(Exception):
                 await controller.writer.flush()
             report = await asyncio.to_thread(_report, controller, broadcast_id)
-            if report["state"] in OVER or (
-                report["state"] == BroadcastState.SUPERSEDED and report["finished_at"] is not None
-            ):
+            if broadcast_over(report["state"], report["finished_at"]):
                 yield _event("end", report)
                 return
             await asyncio.sleep(TICK_S)

@@ -1,13 +1,23 @@
-"""Terminals: register them, list them with their presence."""
+"""Terminals: register them (JSON or CSV), their credentials, take them out of service, see them."""
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
 
 from api.deps import ControllerDep, SessionDep
-from controller.terminals import TerminalSpec, list_terminals
+from controller.models import Broadcast, Delivery, Terminal
+from controller.service import Controller
+from controller.terminals import (
+    Credentials,
+    Registration,
+    TerminalSpec,
+    in_service,
+    list_terminals,
+    parse_terminals_csv,
+)
 from devices.messages import Heartbeat, RegionCode
 
 router = APIRouter(prefix="/terminals", tags=["terminals"])
@@ -18,10 +28,15 @@ class TerminalPublic(BaseModel):
     region: str
     kind: str
     name: str | None
+    latitude: float | None
+    longitude: float | None
+    installed_on: date | None
+    notes: str | None
     presence: str
     presence_since: datetime | None
     last_seen: datetime | None
     firmware: str | None
+    credentials_issued_at: datetime | None
     telemetry: Heartbeat | None = Field(
         default=None, description="the last heartbeat, as the terminal sent it"
     )
@@ -32,9 +47,55 @@ class TerminalPage(BaseModel):
     total: int
 
 
+class CredentialsPublic(BaseModel):
+    terminal_id: str
+    username: str
+    secret: str = Field(description="shown this once; only a hash is kept")
+
+
 class Registered(BaseModel):
     created: int
     updated: int
+    credentials: list[CredentialsPublic] = Field(
+        description="for each terminal new or back in service: its MQTT username and secret, shown once"
+    )
+
+
+class PlayedBroadcast(BaseModel):
+    broadcast_id: str
+    kind: str
+    level: int | None
+    text: str | None
+    issued_at: datetime
+    state: str
+    reason: str | None
+    finished_at: datetime | None
+
+
+class TerminalDetail(TerminalPublic):
+    broadcasts: list[PlayedBroadcast] = Field(
+        description="its last broadcasts, newest first, and how each went"
+    )
+
+
+def public(terminal: Terminal, controller: Controller) -> TerminalPublic:
+    live = controller.presence.get(terminal.id)
+    return TerminalPublic(
+        id=terminal.id,
+        region=terminal.region_code,
+        kind=terminal.kind,
+        name=terminal.name,
+        latitude=terminal.latitude,
+        longitude=terminal.longitude,
+        installed_on=terminal.installed_on,
+        notes=terminal.notes,
+        presence=controller.presence_of(terminal.id),
+        presence_since=live.since if live else terminal.presence_since,
+        last_seen=live.last_seen if live else None,
+        firmware=terminal.firmware,
+        credentials_issued_at=terminal.credentials_issued_at,
+        telemetry=live.last_heartbeat if live else None,
+    )
 
 
 @router.get("", response_model=TerminalPage)
@@ -45,31 +106,89 @@ def terminals(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TerminalPage:
-    """Registered terminals with their live presence (`unknown` while the controller is cut off)."""
+    """Terminals in service with their live presence (`unknown` while the controller is cut off)."""
     rows, total = list_terminals(session, region, limit, offset)
-    items = []
-    for row in rows:
-        live = controller.presence.get(row.id)
-        items.append(
-            TerminalPublic(
-                id=row.id,
-                region=row.region_code,
-                kind=row.kind,
-                name=row.name,
-                presence=controller.presence_of(row.id),
-                presence_since=live.since if live else row.presence_since,
-                last_seen=live.last_seen if live else None,
-                firmware=row.firmware,
-                telemetry=live.last_heartbeat if live else None,
-            )
-        )
-    return TerminalPage(items=items, total=total)
+    return TerminalPage(items=[public(row, controller) for row in rows], total=total)
+
+
+def _registered(registration: Registration) -> Registered:
+    return Registered(
+        created=registration.created,
+        updated=registration.updated,
+        credentials=[CredentialsPublic(**vars(c)) for c in registration.credentials],
+    )
 
 
 @router.post("", response_model=Registered)
 async def register(
     specs: Annotated[list[TerminalSpec], Field(min_length=1, max_length=20_000)], controller: ControllerDep
 ) -> Registered:
-    """Register terminals, or move and rename known ones (idempotent)."""
-    created, updated = await controller.register(specs)
-    return Registered(created=created, updated=updated)
+    """Register terminals, or update the description of known ones (idempotent)."""
+    return _registered(await controller.register(specs))
+
+
+@router.post("/import", response_model=Registered)
+async def import_csv(
+    controller: ControllerDep,
+    text: Annotated[
+        str,
+        Body(
+            media_type="text/csv",
+            description="a header row naming id, region and any of kind, name, latitude, longitude, "
+            "installed_on (YYYY-MM-DD), notes; then one terminal per line",
+        ),
+    ],
+) -> Registered:
+    """Register terminals from CSV; every bad line is named (422) and then nothing is registered."""
+    return _registered(await controller.register(parse_terminals_csv(text)))
+
+
+@router.get("/{terminal_id}", response_model=TerminalDetail)
+def terminal(
+    terminal_id: str,
+    session: SessionDep,
+    controller: ControllerDep,
+    broadcasts: Annotated[int, Query(ge=0, le=500)] = 20,
+) -> TerminalDetail:
+    """A terminal's description, presence, last telemetry and its last broadcasts."""
+    found = in_service(session, terminal_id)
+    return TerminalDetail(
+        **public(found, controller).model_dump(),
+        broadcasts=_last_broadcasts(session, terminal_id, broadcasts),
+    )
+
+
+@router.post("/{terminal_id}/credentials", response_model=CredentialsPublic)
+async def new_credentials(terminal_id: str, controller: ControllerDep) -> Credentials:
+    """A new MQTT secret for the terminal, shown once (the old one is no longer valid)."""
+    return await controller.reissue_credentials(terminal_id)
+
+
+@router.delete("/{terminal_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def decommission(terminal_id: str, controller: ControllerDep) -> None:
+    """Take the terminal out of service: no longer targeted, tracked or given broker access. Its
+    deliveries stay in every report. Registering it again brings it back, with new credentials."""
+    await controller.decommission(terminal_id)
+
+
+def _last_broadcasts(session: Session, terminal_id: str, limit: int) -> list[PlayedBroadcast]:
+    rows = session.exec(
+        select(Delivery, Broadcast)
+        .join(Broadcast)
+        .where(Delivery.terminal_id == terminal_id)
+        .order_by(col(Broadcast.issued_at).desc())
+        .limit(limit)
+    ).all()
+    return [
+        PlayedBroadcast(
+            broadcast_id=broadcast.id,
+            kind=broadcast.kind,
+            level=broadcast.level,
+            text=broadcast.text,
+            issued_at=broadcast.issued_at,
+            state=delivery.state,
+            reason=delivery.reason,
+            finished_at=delivery.finished_at,
+        )
+        for delivery, broadcast in rows
+    ]
