@@ -48,14 +48,14 @@ def bench_routes(app: FastAPI) -> None:
         return {
             "connected": controller.connected,
             "presence": dict(controller.presence._counts),
-            "backlog": controller.writer.backlog + controller.writer.writing,
+            "backlog": controller.writer.backlog + getattr(controller.writer, "writing", 0),
         }
 
     @app.get("/bench/progress/{broadcast_id}", include_in_schema=False)
     def progress(broadcast_id: str, request: Request) -> dict[str, Any]:
         controller = controller_of(request)
         live = controller.tracker.find(broadcast_id)
-        backlog = controller.writer.backlog + controller.writer.writing
+        backlog = controller.writer.backlog + getattr(controller.writer, "writing", 0)
         if live is None:
             return {"over": True, "counts": {}, "backlog": backlog}
         counts = Counter(state.value for state in live.states.values())
@@ -64,7 +64,8 @@ def bench_routes(app: FastAPI) -> None:
     @app.get("/bench/commits", include_in_schema=False)
     def commits(request: Request) -> list[dict[str, Any]]:
         controller = controller_of(request)
-        return [{"at": c.at, "updates": c.updates, "rows": c.rows} for c in list(controller.writer.commits)]
+        log = getattr(controller.writer, "commits", [])  # none before commit 6e0091f
+        return [{"at": c.at, "updates": c.updates, "rows": c.rows} for c in list(log)]
 
 
 async def serve(port: int, overrides: dict[str, Any]) -> int:

@@ -32,6 +32,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -71,6 +72,7 @@ class IngestResult:
     acks_per_s_end_to_end: float | None = None
     publish_s: float | None = None
     drain_s: float | None = None
+    commit_log: bool = True
     rows_verified: int = 0
     peak_rss_mb: float | None = None
     controller_cpu_us_per_ack: float | None = None
@@ -188,17 +190,33 @@ async def wait_files(paths: list[Path], processes: list[asyncio.subprocess.Proce
         await asyncio.sleep(0.05)
 
 
-async def wait_progress(controller: ControllerProcess, broadcast_id: str, done: Any, timeout: float) -> None:
+async def wait_progress(controller: ControllerProcess, broadcast_id: str, done: Any, timeout: float) -> float:
+    """Poll the controller's progress until `done(progress)`; returns when that was seen (epoch s)."""
     deadline = time.monotonic() + timeout
     while True:
         progress = (await controller.client.get(f"/bench/progress/{broadcast_id}")).json()
         if os.environ.get("BENCH_TRACE"):
             print(f"{time.time():.3f} {progress}", flush=True)
         if done(progress):
-            return
+            return time.time()
         if time.monotonic() > deadline:
             raise BenchError(f"gave up waiting for the controller: {progress}")
         await asyncio.sleep(0.05)
+
+
+def count_completed(database: Path, broadcast_id: str) -> int:
+    with sqlite3.connect(database) as connection:
+        query = "SELECT count(*) FROM delivery WHERE broadcast_id = ? AND state = 'completed'"
+        return int(connection.execute(query, (broadcast_id,)).fetchone()[0])
+
+
+async def wait_all_completed(database: Path, broadcast_id: str, n: int, since: float) -> float:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(count_completed, database, broadcast_id) >= n:
+            return time.time()
+        await asyncio.sleep(0.02)
+    return since
 
 
 async def run_ingest(
@@ -278,8 +296,7 @@ async def run_ingest(
         if hold:
             start = time.time()
             controller.resume()
-        await wait_progress(controller, broadcast_id, lambda p: p["over"] and not p["backlog"], 120)
-        await wait_written(controller)
+        written = await wait_progress(controller, broadcast_id, lambda p: p["over"] and not p["backlog"], 120)
         result.cpu_s = cpu_used(cpu_before, cpu_snapshot(pids), pids)
         # The publishers have exited: their CPU time is what they reported (building the acks included).
         result.cpu_s["publishers"] = round(sum(p["cpu_s"] for p in published), 2)
@@ -288,13 +305,6 @@ async def run_ingest(
             result.profile = await profiler.stop()
         rate = ingest_rate(await controller.commits(), since=first_publish)
         result.acks_committed, result.commit_batches, result.acks_per_s = rate.acks, rate.batches, rate.per_s
-        if rate.last_commit is not None:
-            result.drain_s = round(rate.last_commit - start, 3)
-            result.acks_per_s_end_to_end = round(rate.acks / (rate.last_commit - start))
-        if result.acks_committed and "controller" in result.cpu_s:
-            result.controller_cpu_us_per_ack = round(
-                1e6 * result.cpu_s["controller"] / result.acks_committed, 1
-            )
         rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
         result.rows_verified = sum(
             1
@@ -304,6 +314,21 @@ async def run_ingest(
             and row.playing_at is not None
             and row.finished_at is not None
         )
+        end = rate.last_commit
+        if end is None:
+            # A controller without a commit log (before commit 6e0091f): the end is when a count of
+            # its completed rows, asked every 20 ms from the moment its progress showed the
+            # broadcast over, first finds them all.
+            end, result.commit_log = await wait_all_completed(database, broadcast_id, n, written), False
+            rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
+            result.rows_verified = sum(1 for row in rows if row.state == "completed" and row.received_at)
+            result.acks_committed = ACKS_PER_TERMINAL * result.rows_verified
+        result.drain_s = round(end - start, 3)
+        result.acks_per_s_end_to_end = round(result.acks_committed / (end - start))
+        if result.acks_committed and "controller" in result.cpu_s:
+            result.controller_cpu_us_per_ack = round(
+                1e6 * result.cpu_s["controller"] / result.acks_committed, 1
+            )
         return result
     finally:
         for process in processes:
