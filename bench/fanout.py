@@ -4,15 +4,15 @@ One run, start to finish:
 
 1. a fresh SQLite file, and a broker: the embedded amqtt (inside the controller's process) or a
    Mosquitto (one given with --mosquitto-url, else our own on a free port, killed afterwards);
-2. the real app under a real uvicorn server on a free port, in this process (as `cunxiang demo`);
-3. N terminals registered in the villages of the bundled 咸宁市 (4212), run as simulated terminals
-   in one helper process (two above 2000 terminals; `python -m bench.terminals`), so that the
-   controller and the terminals do not share a core;
+2. the real app under a real uvicorn server on a free port, in a child process of its own
+   (`python -m bench.controller`), so that its CPU time and peak memory can be read from /proc;
+3. N terminals registered over the API in the villages of the bundled 咸宁市 (4212), run as
+   simulated terminals in one helper process (two above 2000 terminals; `python -m bench.terminals`);
 4. once all N are online (and a few quiet seconds have passed), t0 = the wall clock just before
    an HTTP POST of a level-1 emergency broadcast to all of 4212;
-5. polling GET /api/v1/broadcasts/{id} every 0.2 s until all N deliveries are `completed`, then
-   reading the delivery rows: received_at (playing_at or finished_at when an ack skipped a stage)
-   and finished_at, each minus t0.
+5. polling the controller's progress every 0.2 s until all N deliveries are `completed` and
+   written, then reading the delivery rows: received_at (playing_at or finished_at when an ack
+   skipped a stage) and finished_at, each minus t0.
 
 The times are the controller's own: when it handled each acknowledgement. So "received 100%" is
 the POST, the broker's fan-out to N subscribers, every terminal's `received` ack, and the broker and
@@ -22,52 +22,47 @@ a start delay of 0.05-0.3 s) and the `playing` and `completed` acks.
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import platform
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 from sqlmodel import Session, select
 
-from api.app import create_app
+from bench.harness import (
+    HOST,
+    BenchError,
+    ControllerProcess,
+    Mosquitto,
+    MosquittoMissing,
+    cpu_snapshot,
+    cpu_used,
+    end_process,
+    ingest_rate,
+    machine_info,
+    peak_rss_mb,
+    quantile,
+)
+from controller.db import make_engine
 from controller.embedded_broker import free_port
 from controller.models import Delivery
 from controller.regions import villages_under
-from controller.service import Controller
-from controller.settings import Settings, SettingsError, load_settings
-from controller.terminals import TerminalSpec
-from deploy.mosquitto import MosquittoError, mosquitto_binary, run_mosquitto, stop_process
-from deploy.serve import http_server
 from simulator.fleet import SimulatedSpec, fleet_for_villages
 
 COUNTY = "4212"
-HOST = "127.0.0.1"
 TERMINALS_PER_PROCESS = 2000
 MAX_PROCESSES = 2
 POLL_INTERVAL_S = 0.2
 SETTLE_S = 5.0
-
-
-class BenchError(Exception):
-    """The benchmark could not run (as opposed to: it ran and not every terminal completed)."""
-
-
-class MosquittoMissing(BenchError):
-    pass
+REGISTER_CHUNK = 5000
 
 
 @dataclass
@@ -75,9 +70,16 @@ class FanoutResult:
     terminals: int
     broker: str
     playback_s: float
+    terminal_impl: str = "lean"
+    poll: str = "bench"
     received_99_s: float | None = None
+    received_999_s: float | None = None
     received_100_s: float | None = None
     completed_100_s: float | None = None
+    acks_per_s: float | None = None
+    acks_committed: int = 0
+    commit_batches: int = 0
+    peak_rss_mb: float | None = None
     received: int = 0
     completed: int = 0
     states: dict[str, int] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class FanoutResult:
     received_90_s: float | None = None
     online_s: float | None = None
     polls: list[float] = field(default_factory=list)
+    final_report_s: float | None = None
     command_s: dict[int, float | None] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -97,141 +100,10 @@ class FanoutResult:
         return self.completed == self.terminals
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "terminals": self.terminals,
-            "broker": self.broker,
-            "received_99_s": self.received_99_s,
-            "received_100_s": self.received_100_s,
-            "completed_100_s": self.completed_100_s,
-            "playback_s": self.playback_s,
-            "machine": self.machine,
-        }
-
-
-# --- machine and processes ------------------------------------------------------------------
-
-
-def mosquitto_version(binary: str | None) -> str | None:
-    if binary is None:
-        return None
-    try:
-        out = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in (out.stdout + out.stderr).splitlines():
-        if "version" in line:
-            return line.split("version", 1)[1].strip()
-    return None
-
-
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info(broker: str, mosquitto_url: str | None) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "amqtt": _package_version("amqtt"),
-        "aiomqtt": _package_version("aiomqtt"),
-    }
-    if broker == "mosquitto":
-        if mosquitto_url is not None:
-            info["mosquitto"] = f"external at {mosquitto_url}"
-        else:
-            info["mosquitto"] = mosquitto_version(mosquitto_binary()) or "unknown"
-    return info
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU time spent by the whole machine so far, all cores (Linux /proc/stat), None if unknown."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    ticks = [int(v) for v in first[1:9]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / _TICKS
-
-
-def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float | None]:
-    snapshot: dict[str, float | None] = {}
-    for name, group in pids.items():
-        values = [cpu_seconds(pid) for pid in group]
-        snapshot[name] = None if any(v is None for v in values) else sum(v for v in values if v is not None)
-    snapshot["machine"] = machine_busy_seconds()
-    return snapshot
-
-
-class Mosquitto:
-    """Our own Mosquitto on a free port, configured for a benchmark, stopped afterwards."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port(HOST)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
-
-    async def start(self) -> None:
-        config = (
-            f"listener {self.port} {HOST}\n"
-            "allow_anonymous true\n"
-            "max_queued_messages 100000\n"
-            "max_inflight_messages 0\n"
-            "persistence false\n"
-            "connection_messages false\n"
-            "log_dest stderr\n"
-            "log_type error\n"
-            "log_type warning\n"
-        )
-        try:
-            self.process = await asyncio.to_thread(run_mosquitto, config, self.workdir, self.port)
-        except MosquittoError as exc:
-            raise BenchError(str(exc)) from exc
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await asyncio.to_thread(stop_process, self.process)
-
-
-async def _end(process: asyncio.subprocess.Process, grace: float) -> None:
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        data = asdict(self)
+        data["polls"] = {"count": len(self.polls), "total_s": round(sum(self.polls), 3)}
+        data["command_s"] = {f"{q}%": v for q, v in self.command_s.items()}
+        return data
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -248,7 +120,13 @@ def split(specs: list[SimulatedSpec]) -> list[list[SimulatedSpec]]:
 
 
 async def start_terminals(
-    workdir: Path, broker_url: str, prefix: str, specs: list[SimulatedSpec], playback: float, timeout: float
+    workdir: Path,
+    broker_url: str,
+    prefix: str,
+    specs: list[SimulatedSpec],
+    playback: float,
+    timeout: float,
+    impl: str,
 ) -> list[asyncio.subprocess.Process]:
     processes = []
     for index, part in enumerate(split(specs)):
@@ -271,69 +149,75 @@ async def start_terminals(
                 str(timeout),
                 "--times-file",
                 str(workdir / f"commands-{index}.json"),
+                "--impl",
+                impl,
             )
         )
     return processes
 
 
 async def wait_online(
-    controller: Controller,
-    specs: list[SimulatedSpec],
-    processes: list[asyncio.subprocess.Process],
-    serving: "asyncio.Task[None]",
-    timeout: float,
+    controller: ControllerProcess, n: int, processes: list[asyncio.subprocess.Process], timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
-    ids = [s.terminal_id for s in specs]
     while True:
-        online = sum(1 for terminal_id in ids if controller.presence_of(terminal_id) == "online")
-        if online == len(ids):
+        online = (await controller.state())["presence"].get("online", 0)
+        if online >= n:
             return
         dead = [p for p in processes if p.returncode is not None]
         if dead:
             raise BenchError(
-                f"a terminal process exited (status {dead[0].returncode}) with {online} of {len(ids)} online"
+                f"a terminal process exited (status {dead[0].returncode}) with {online} of {n} online"
             )
-        if serving.done():
-            raise BenchError("the server stopped while terminals were connecting")
         if time.monotonic() > deadline:
-            raise BenchError(f"only {online} of {len(ids)} terminals online after {timeout:.0f} s")
+            raise BenchError(f"only {online} of {n} terminals online after {timeout:.0f} s")
         await asyncio.sleep(0.5)
 
 
-async def start_server(settings: Settings) -> tuple[FastAPI, uvicorn.Server, "asyncio.Task[None]", int]:
-    """The app under uvicorn as `cunxiang serve` runs it (same uvicorn options), on a free port."""
-    port = free_port(HOST)
-    app = create_app(settings)
-    server = http_server(app, HOST, port)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            with contextlib.suppress(BaseException):
-                serving.result()
-            raise BenchError("the controller did not start (see the log above)")
-        await asyncio.sleep(0.05)
-    return app, server, serving, port
+async def wait_written(controller: ControllerProcess, timeout: float = 30.0) -> None:
+    """Until the controller's writer has nothing waiting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (await controller.state())["backlog"]:
+            return
+        await asyncio.sleep(0.1)
 
 
-def read_deliveries(controller: Controller, broadcast_id: str) -> list[Delivery]:
-    with Session(controller.engine) as session:
-        return list(session.exec(select(Delivery).where(Delivery.broadcast_id == broadcast_id)).all())
+def read_villages(database: Path) -> list[str]:
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with Session(engine) as session:
+            return [v.code for v in villages_under(session, COUNTY)]
+    finally:
+        engine.dispose()
+
+
+def read_deliveries(database: Path, broadcast_id: str) -> list[Delivery]:
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with Session(engine) as session:
+            return list(session.exec(select(Delivery).where(Delivery.broadcast_id == broadcast_id)).all())
+    finally:
+        engine.dispose()
+
+
+async def register(client: httpx.AsyncClient, specs: list[SimulatedSpec]) -> None:
+    for i in range(0, len(specs), REGISTER_CHUNK):
+        body = [{"id": s.terminal_id, "region": s.region} for s in specs[i : i + REGISTER_CHUNK]]
+        response = await client.post("/api/v1/terminals", json=body)
+        if response.status_code != 200:
+            raise BenchError(f"POST /api/v1/terminals answered {response.status_code}: {response.text}")
 
 
 def read_command_times(workdir: Path, processes: int) -> dict[str, float]:
     """When each terminal took the command off its connection (epoch s), as bench.terminals noted."""
     times: dict[str, float] = {}
     for index in range(processes):
-        with contextlib.suppress(OSError, ValueError):
+        try:
             times.update(json.loads((workdir / f"commands-{index}.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
     return times
-
-
-def _quantile(values: list[float], q: float, n: int) -> float | None:
-    """The time by which a fraction q of n had happened, from sorted `values`; None if too few."""
-    k = max(1, math.ceil(q * n))
-    return round(values[k - 1], 3) if len(values) >= k else None
 
 
 def summarise(result: FanoutResult, rows: list[Delivery], t0: datetime, commands: dict[str, float]) -> None:
@@ -361,12 +245,13 @@ def summarise(result: FanoutResult, rows: list[Delivery], t0: datetime, commands
     result.completed = len(finished)
     if received:
         result.first_received_s = round(received[0], 3)
-    result.received_50_s = _quantile(received, 0.5, n)
-    result.received_90_s = _quantile(received, 0.9, n)
-    result.received_99_s = _quantile(received, 0.99, n)
+    result.received_50_s = quantile(received, 0.5, n)
+    result.received_90_s = quantile(received, 0.9, n)
+    result.received_99_s = quantile(received, 0.99, n)
+    result.received_999_s = quantile(received, 0.999, n)
     epoch0 = t0.timestamp()
     got = sorted(at - epoch0 for at in commands.values())
-    result.command_s = {q: _quantile(got, q / 100, n) for q in (1, 50, 90, 99, 100)}
+    result.command_s = {q: quantile(got, q / 100, n) for q in (1, 50, 90, 99, 100)}
     if len(received) >= n:
         result.received_100_s = round(received[n - 1], 3)
     if len(finished) >= n:
@@ -375,130 +260,148 @@ def summarise(result: FanoutResult, rows: list[Delivery], t0: datetime, commands
         result.published_s = round(max(sent), 3)
 
 
+async def follow(
+    controller: ControllerProcess, result: FanoutResult, broadcast_id: str, deadline: float
+) -> int:
+    """Poll until every delivery is completed and committed (or `deadline`); the completed count.
+
+    `--poll bench` asks `GET /bench/progress/{id}` (counts from the tracker's memory) and, once the
+    broadcast is over in memory and written, reads the public report once to confirm from the
+    database; `--poll public` asks the public report `GET /api/v1/broadcasts/{id}` every time.
+    """
+    client = controller.client
+    n = result.terminals
+    path = f"/api/v1/broadcasts/{broadcast_id}"
+    completed = 0
+    while True:
+        asked = time.monotonic()
+        if result.poll == "bench":
+            progress = (await client.get(f"/bench/progress/{broadcast_id}")).json()
+            result.polls.append(time.monotonic() - asked)
+            done = (progress["over"] or progress["counts"].get("completed", 0) == n) and not progress[
+                "backlog"
+            ]
+        else:
+            done = True
+        if done:
+            asked = time.monotonic()
+            report = await client.get(path, params={"list_limit": 0 if result.poll == "bench" else 1000})
+            elapsed = time.monotonic() - asked
+            if result.poll == "bench":
+                result.final_report_s = round(elapsed, 3)
+            else:
+                result.polls.append(elapsed)
+            report.raise_for_status()
+            completed = int(report.json()["counts"]["completed"])
+            if completed == n:
+                return completed
+        if time.monotonic() > deadline:
+            return completed if done else -1
+        if controller.process is not None and controller.process.returncode is not None:
+            raise BenchError("the controller stopped during the broadcast")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
 async def run_fanout(
-    n: int, broker: str, mosquitto_url: str | None, playback: float, workdir: Path
+    n: int,
+    broker: str,
+    mosquitto_url: str | None,
+    playback: float,
+    workdir: Path,
+    impl: str = "lean",
+    poll: str = "bench",
 ) -> FanoutResult:
-    result = FanoutResult(terminals=n, broker=broker, playback_s=playback)
+    result = FanoutResult(terminals=n, broker=broker, playback_s=playback, terminal_impl=impl, poll=poll)
     result.machine = machine_info(broker, mosquitto_url)
     tag = secrets.token_hex(3)
     mosquitto: Mosquitto | None = None
     processes: list[asyncio.subprocess.Process] = []
-    server: uvicorn.Server | None = None
-    serving: asyncio.Task[None] | None = None
+    controller: ControllerProcess | None = None
+    database = workdir / "bench.db"
     try:
         overrides: dict[str, object] = {
-            "database_url": f"sqlite:///{workdir / 'bench.db'}",
+            "database_url": f"sqlite:///{database}",
             "controller_id": f"bench-{tag}",
             "topic_prefix": f"bench-{tag}",
-            "http_host": HOST,
             "embedded_broker_host": HOST,
         }
         if broker == "embedded":
-            overrides.update(mqtt_url=None, embedded_broker_port=free_port(HOST))
+            port = free_port(HOST)
+            overrides.update(mqtt_url=None, embedded_broker_port=port)
+            broker_url = f"mqtt://{HOST}:{port}"
         else:
             if mosquitto_url is None:
-                if mosquitto_binary() is None:
-                    raise MosquittoMissing(
-                        "mosquitto is not installed (looked on PATH and in /usr/sbin): install it "
-                        "(apt-get install mosquitto) or give --mosquitto-url mqtt://host:port"
-                    )
                 mosquitto = Mosquitto(workdir)
                 await mosquitto.start()
                 mosquitto_url = mosquitto.url
             overrides["mqtt_url"] = mosquitto_url
-        try:
-            settings = load_settings(**overrides)
-        except SettingsError as exc:
-            raise BenchError(str(exc)) from None
+            broker_url = mosquitto_url
+        controller = ControllerProcess(overrides)
+        await controller.start()
 
-        app, server, serving, http_port = await start_server(settings)
-        controller: Controller = app.state.controller
-        if not controller.connected:
-            where = settings.mqtt_url or "embedded"
-            raise BenchError(f"the controller is not connected to its broker ({where})")
-        assert controller.bus is not None
-        broker_url = f"mqtt://{controller.bus.address.host}:{controller.bus.address.port}"
-
-        villages = [v.code for v in await controller.writer.call(lambda s: villages_under(s, COUNTY))]
+        villages = await asyncio.to_thread(read_villages, database)
         if not villages:
             raise BenchError(f"no villages under {COUNTY} in the database")
         specs = choose_fleet(villages, n)
         if len(specs) < n:
             raise BenchError(f"could only make {len(specs)} terminals")
-        await controller.register([TerminalSpec(id=s.terminal_id, region=s.region) for s in specs])
+        await register(controller.client, specs)
 
         connect_timeout = 60.0 + 0.06 * n
         started = time.monotonic()
         processes = await start_terminals(
-            workdir, broker_url, settings.topic_prefix, specs, playback, connect_timeout
+            workdir, broker_url, str(overrides["topic_prefix"]), specs, playback, connect_timeout, impl
         )
         print(
-            f"bench: {n} terminals in {len(processes)} process(es) connecting to {broker_url} ({broker})…",
+            f"bench: {n} terminals ({impl}) in {len(processes)} process(es) connecting to "
+            f"{broker_url} ({broker})…",
             flush=True,
         )
-        await wait_online(controller, specs, processes, serving, connect_timeout + 10)
+        await wait_online(controller, n, processes, connect_timeout + 10)
         result.online_s = round(time.monotonic() - started, 1)
         print(f"bench: all {n} terminals online after {result.online_s} s; settling…", flush=True)
         await asyncio.sleep(SETTLE_S)
-        await controller.writer.flush()
-        if serving.done():
-            raise BenchError("the server stopped before the broadcast (interrupted?)")
+        await wait_written(controller)
 
-        base = f"http://{HOST}:{http_port}"
         body = {"kind": "emergency", "level": 1, "regions": [COUNTY], "text": "bench", "expires_in": 600}
-        pids = {"controller": [os.getpid()], "terminals": [p.pid for p in processes]}
+        pids = {"controller": [controller.pid], "terminals": [p.pid for p in processes]}
         if mosquitto is not None and mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-            (await client.get("/healthz")).raise_for_status()  # connection made before t0
-            result.machine["load_1min"] = round(os.getloadavg()[0], 2)
-            cpu_before = cpu_snapshot(pids)
-            t0 = datetime.now(UTC)
-            posted = time.monotonic()
-            response = await client.post("/api/v1/broadcasts", json=body)
-            result.post_s = round(time.monotonic() - posted, 3)
-            if response.status_code != 201:
-                raise BenchError(f"POST /api/v1/broadcasts answered {response.status_code}: {response.text}")
-            broadcast_id = response.json()["id"]
-            if response.json()["terminals"] != n:
-                raise BenchError(f"the broadcast targets {response.json()['terminals']} terminals, not {n}")
-            deadline = posted + 60.0 + playback + 0.05 * n
-            completed = 0
-            while True:
-                asked = time.monotonic()
-                report = await client.get(f"/api/v1/broadcasts/{broadcast_id}")
-                result.polls.append(time.monotonic() - asked)
-                report.raise_for_status()
-                completed = report.json()["counts"]["completed"]
-                if completed == n or time.monotonic() > deadline:
-                    break
-                if serving.done():
-                    raise BenchError("the server stopped during the broadcast (interrupted?)")
-                await asyncio.sleep(POLL_INTERVAL_S)
-            cpu_after = cpu_snapshot(pids)
-        for name, before in cpu_before.items():
-            after = cpu_after.get(name)
-            if before is not None and after is not None:
-                result.cpu_s[name] = round(after - before, 2)
-        if "machine" in result.cpu_s:
-            ours = sum(v for k, v in result.cpu_s.items() if k != "machine")
-            result.cpu_s["other processes"] = round(max(0.0, result.cpu_s.pop("machine") - ours), 2)
-        rows = await asyncio.to_thread(read_deliveries, controller, broadcast_id)
-        await asyncio.gather(*(_end(p, 30.0) for p in processes))
+        client = controller.client
+        (await client.get("/healthz")).raise_for_status()  # connection made before t0
+        result.machine["load_1min"] = round(os.getloadavg()[0], 2)
+        cpu_before = cpu_snapshot(pids)
+        t0 = datetime.now(UTC)
+        if os.environ.get("BENCH_TRACE"):
+            print(f"bench: t0 {t0.isoformat()}", flush=True)
+        posted = time.monotonic()
+        response = await client.post("/api/v1/broadcasts", json=body)
+        result.post_s = round(time.monotonic() - posted, 3)
+        if response.status_code != 201:
+            raise BenchError(f"POST /api/v1/broadcasts answered {response.status_code}: {response.text}")
+        broadcast_id = response.json()["id"]
+        if response.json()["terminals"] != n:
+            raise BenchError(f"the broadcast targets {response.json()['terminals']} terminals, not {n}")
+        completed = await follow(controller, result, broadcast_id, posted + 60.0 + playback + 0.05 * n)
+        result.cpu_s = cpu_used(cpu_before, cpu_snapshot(pids), pids)
+        result.peak_rss_mb = peak_rss_mb(controller.pid)
+        rate = ingest_rate(await controller.commits(), since=t0.timestamp())
+        result.acks_per_s, result.acks_committed, result.commit_batches = rate.per_s, rate.acks, rate.batches
+        rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
+        await asyncio.gather(*(end_process(p, 30.0) for p in processes))
         summarise(result, rows, t0, read_command_times(workdir, len(processes)))
         if completed != n:
             print(
-                f"bench: timed out after {time.monotonic() - posted:.0f} s with {completed} of {n} completed",
+                f"bench: timed out after {time.monotonic() - posted:.0f} s with {max(completed, 0)} of {n} "
+                "completed",
                 file=sys.stderr,
                 flush=True,
             )
         return result
     finally:
-        await asyncio.gather(*(_end(p, 30.0) for p in processes))
-        if server is not None and serving is not None:
-            server.should_exit = True
-            with contextlib.suppress(BaseException):
-                await serving
+        await asyncio.gather(*(end_process(p, 30.0) for p in processes))
+        if controller is not None:
+            await controller.stop()
         if mosquitto is not None:
             await mosquitto.stop()
 
@@ -511,13 +414,26 @@ def _seconds(value: float | None) -> str:
 
 
 def print_table(result: FanoutResult) -> None:
-    headers = ("terminals", "broker", "received 99%", "received 100%", "completed 100%", "playback")
+    headers = (
+        "terminals",
+        "broker",
+        "received 99%",
+        "99.9%",
+        "100%",
+        "completed 100%",
+        "acks/s",
+        "peak RSS",
+        "playback",
+    )
     row = (
         str(result.terminals),
         result.broker,
         _seconds(result.received_99_s),
+        _seconds(result.received_999_s),
         _seconds(result.received_100_s),
         _seconds(result.completed_100_s),
+        "—" if result.acks_per_s is None else f"{result.acks_per_s:,.0f}",
+        "—" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.0f} MB",
         f"{result.playback_s:g} s",
     )
     widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
@@ -533,13 +449,22 @@ def print_table(result: FanoutResult) -> None:
         f"received {result.received}/{result.terminals}, completed {result.completed}/{result.terminals}",
     ]
     print("  " + "; ".join(details))
+    print(
+        f"  acks/s: {result.acks_committed} delivery updates committed in {result.commit_batches} batches "
+        "after t0; rate = all but the first batch's / (last commit - first commit)"
+    )
+    print(f"  peak RSS: VmHWM of the controller's process ({result.broker} broker)")
     if result.command_s:
         spread = " / ".join(_seconds(v) for v in result.command_s.values())
-        print(f"  terminals took the command off their connection, 1%/50%/90%/99%/100%: {spread}")
+        print(
+            f"  terminals ({result.terminal_impl}) took the command off their connection, "
+            f"1%/50%/90%/99%/100%: {spread}"
+        )
     if result.polls:
         print(
-            f"  {len(result.polls)} progress GETs took {sum(result.polls):.2f} s in all "
+            f"  {len(result.polls)} progress GETs ({result.poll}) took {sum(result.polls):.2f} s in all "
             f"(first {result.polls[0]:.3f} s, longest {max(result.polls):.3f} s)"
+            + ("" if result.final_report_s is None else f"; the final report {result.final_report_s:.3f} s")
         )
     if result.cpu_s:
         used = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.cpu_s.items())
@@ -569,7 +494,15 @@ def run_fanout_cli(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="cunxiang-bench-") as workdir:
             result = asyncio.run(
-                run_fanout(args.terminals, args.broker, args.mosquitto_url, args.playback, Path(workdir))
+                run_fanout(
+                    args.terminals,
+                    args.broker,
+                    args.mosquitto_url,
+                    args.playback,
+                    Path(workdir),
+                    impl=getattr(args, "terminal_impl", "lean"),
+                    poll=getattr(args, "poll", "bench"),
+                )
             )
     except MosquittoMissing as exc:
         print(f"bench: {exc}", file=sys.stderr)

@@ -5,6 +5,11 @@
 FILE is a JSON list of {"id": ..., "region": ...}. The terminals run until SIGTERM or SIGINT, then
 say goodbye and exit. Exit status 1 if they could not all connect within --connect-timeout.
 
+`--impl lean` (the default) runs them as `bench.lean` terminals: one paho-mqtt client per terminal,
+all served by one selector loop. `--impl aiomqtt` runs `simulator.runner.Fleet`, the simulator of
+`cunxiang simulate` (one aiomqtt client and asyncio tasks per terminal), which costs about three
+times the CPU per acknowledgement. Both speak protocol v1 and decide with `TerminalCore`.
+
 With --times-file, each terminal notes the wall-clock time (epoch seconds) at which it took its
 first command off its MQTT connection, and the process writes them as {terminal id: time} on exit:
 that splits the benchmark's latency into getting the command out and getting the ack back.
@@ -20,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.lean import LeanFleet, share_command_decoding
 from controller.bus import BrokerAddress
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec
@@ -37,7 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=int, default=300, help="heartbeat interval (s)")
     parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument("--times-file", type=Path, default=None)
+    parser.add_argument("--impl", choices=("lean", "aiomqtt"), default="lean")
     return parser.parse_args(argv)
+
+
+def read_specs(path: Path) -> list[SimulatedSpec]:
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    return [SimulatedSpec(entry["id"], entry["region"]) for entry in entries]
 
 
 def note_first_commands(fleet: Fleet, times: dict[str, float]) -> None:
@@ -54,9 +66,53 @@ def note_first_commands(fleet: Fleet, times: dict[str, float]) -> None:
         terminal.core.on_payload = on_payload  # type: ignore[method-assign]
 
 
-async def run(args: argparse.Namespace) -> int:
-    entries = json.loads(args.ids_file.read_text(encoding="utf-8"))
-    specs = [SimulatedSpec(entry["id"], entry["region"]) for entry in entries]
+def run_lean(args: argparse.Namespace) -> int:
+    specs = read_specs(args.ids_file)
+    address = BrokerAddress.from_url(args.broker)
+    times: dict[str, float] = {}
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+    def noted(terminal_id: str) -> None:
+        if terminal_id not in times:
+            times[terminal_id] = time.time()
+
+    share_command_decoding()
+    fleet = LeanFleet(
+        specs,
+        address.host,
+        address.port,
+        TopicScheme(args.prefix),
+        Behaviour(playback_s=args.playback, heartbeat_interval_s=args.heartbeat),
+        on_first_command=noted,
+    )
+    try:
+        if not fleet.start(args.connect_timeout, lambda: stopping):
+            if stopping:
+                return 0
+            print(
+                f"bench.terminals: only {fleet.online} of {len(specs)} terminals connected to "
+                f"{address} within {args.connect_timeout:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        fleet.run_until(lambda: stopping)
+        if args.times_file is not None:
+            args.times_file.write_text(json.dumps(times), encoding="utf-8")
+        return 0
+    finally:
+        fleet.stop()
+
+
+async def run_aiomqtt(args: argparse.Namespace) -> int:
+    specs = read_specs(args.ids_file)
     address = BrokerAddress.from_url(args.broker)
     fleet = Fleet(
         specs,
@@ -100,7 +156,10 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    return asyncio.run(run(parse_args(argv)))
+    args = parse_args(argv)
+    if args.impl == "lean":
+        return run_lean(args)
+    return asyncio.run(run_aiomqtt(args))
 
 
 if __name__ == "__main__":

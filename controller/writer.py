@@ -3,6 +3,9 @@
 The MQTT hot path never waits for the database: trackers record row updates here in memory, and
 `run` writes them every `interval` seconds (sooner when `max_rows` are waiting) in one transaction
 of executemany UPDATEs. One writer thread also means SQLite never sees two of our writers at once.
+Each UPDATE is compiled once per table and set of columns (`Updates`) and run with plain parameter
+tuples, so a row costs the database driver's work and the columns' own conversions (such as UTC
+times), not SQLAlchemy's per-row parameter handling (about three times faster with SQLite).
 A write that fails for a passing reason (connection lost, database locked) keeps its rows for the
 next attempt, merged under anything newer. Any other failure (a value out of range, a broken
 constraint) is retried row by row, and the rows the database refuses are logged and dropped, so one
@@ -12,8 +15,11 @@ bad row cannot hold back every acknowledgement after it.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, update
@@ -28,6 +34,19 @@ T = TypeVar("T")
 Key = tuple[str, ...]
 Pending = dict[Table, dict[Key, dict[str, Any]]]
 
+COMMITS_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One batch the database committed: when (epoch seconds, just after COMMIT returned), and per
+    table name how many updates were recorded (several updates of one row merge into one row) and
+    how many rows were written."""
+
+    at: float
+    updates: dict[str, int]
+    rows: dict[str, int]
+
 
 class DbWriter:
     """Serialises database work; batches keyed row updates."""
@@ -40,6 +59,12 @@ class DbWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cunxiang-db")
         self._pending: Pending = {}
         self._count = 0
+        self._updates: dict[Table, int] = {}
+        self.writing = 0
+        """rows of the batch being written now (0 when none is)"""
+        self._statements = Updates()
+        self.commits: deque[Commit] = deque(maxlen=COMMITS_REMEMBERED)
+        """The last batches committed, oldest first (for benchmarks and diagnosis)."""
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
@@ -56,6 +81,7 @@ class DbWriter:
     def update(self, table: Table, key: Key, values: dict[str, Any]) -> None:
         """Record that the row of `table` with primary key `key` gets `values` at the next flush."""
         rows = self._pending.setdefault(table, {})
+        self._updates[table] = self._updates.get(table, 0) + 1
         row = rows.get(key)
         if row is None:
             rows[key] = dict(values)
@@ -74,19 +100,29 @@ class DbWriter:
         async with self._lock:
             if not self._pending:
                 return
-            batch, count = self._pending, self._count
-            self._pending, self._count = {}, 0
+            batch, count, updates = self._pending, self._count, self._updates
+            self._pending, self._count, self._updates = {}, 0, {}
+            self.writing = count
             try:
                 # Shielded: a cancelled caller must not abandon a batch the thread is still writing.
-                await asyncio.shield(
+                committed_at = await asyncio.shield(
                     asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch)
                 )
             except BaseException:
                 self.metrics.db_flush_errors.inc()
-                self._restore(batch)
+                self._restore(batch, updates)
                 raise
+            finally:
+                self.writing = 0
             self.metrics.db_flushes.inc()
             self.metrics.db_flush_rows.observe(count)
+            self.commits.append(
+                Commit(
+                    at=committed_at,
+                    updates={table.name: n for table, n in updates.items()},
+                    rows={table.name: len(rows) for table, rows in batch.items()},
+                )
+            )
 
     async def run(self) -> None:
         """Flush every `interval` (sooner when the batch is full) until `stop`; survive outages."""
@@ -109,7 +145,9 @@ class DbWriter:
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    def _restore(self, batch: Pending) -> None:
+    def _restore(self, batch: Pending, updates: dict[Table, int]) -> None:
+        for table, n in updates.items():
+            self._updates[table] = self._updates.get(table, 0) + n
         for table, rows in batch.items():
             current = self._pending.setdefault(table, {})
             for key, values in rows.items():
@@ -117,22 +155,24 @@ class DbWriter:
                 current[key] = values if newer is None else {**values, **newer}
         self._count = sum(len(rows) for rows in self._pending.values())
 
-    def _write(self, batch: Pending) -> None:
+    def _write(self, batch: Pending) -> float:
+        """Write a batch in one transaction; returns when it was committed (epoch seconds)."""
         try:
             with self.engine.begin() as connection:
                 for table, rows in batch.items():
-                    _update_rows(connection, table, rows)
+                    self._statements.update_rows(connection, table, rows)
         except Exception as exc:
             if _passing(exc):
                 raise
             self._write_row_by_row(batch)
+        return time.time()
 
     def _write_row_by_row(self, batch: Pending) -> None:
         for table, rows in batch.items():
             for key, values in rows.items():
                 try:
                     with self.engine.begin() as connection:
-                        _update_rows(connection, table, {key: values})
+                        self._statements.update_rows(connection, table, {key: values})
                 except Exception as exc:
                     if _passing(exc):
                         raise
@@ -147,18 +187,71 @@ def _passing(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def _update_rows(connection: Connection, table: Table, rows: dict[Key, dict[str, Any]]) -> None:
-    """UPDATE rows by primary key, one executemany per set of columns."""
-    pk = [column.name for column in table.primary_key.columns]
-    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for key, values in rows.items():
-        params = {f"k_{name}": part for name, part in zip(pk, key, strict=True)}
-        params.update({f"v_{name}": value for name, value in values.items()})
-        by_shape.setdefault(tuple(sorted(values)), []).append(params)
-    for shape, params_list in by_shape.items():
-        statement = (
-            update(table)
-            .where(and_(*(table.c[name] == bindparam(f"k_{name}") for name in pk)))
-            .values({name: bindparam(f"v_{name}") for name in shape})
-        )
-        connection.execute(statement, params_list)
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    """bind parameter names, in the order of a positional driver's parameters"""
+    sources: tuple[tuple[bool, Any, Processor], ...]
+    """per parameter: from the key (and its index in it) or from the values (and the column), and
+    the column type's conversion"""
+    positional: bool
+
+
+class Updates:
+    """UPDATE statements by primary key, compiled once per table, set of columns and dialect."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[Table, tuple[str, ...], str], _Compiled] = {}
+
+    def update_rows(self, connection: Connection, table: Table, rows: dict[Key, dict[str, Any]]) -> None:
+        """UPDATE rows by primary key, one executemany per set of columns."""
+        by_shape: dict[tuple[str, ...], list[tuple[Key, dict[str, Any]]]] = {}
+        for key, values in rows.items():
+            by_shape.setdefault(tuple(sorted(values)), []).append((key, values))
+        pk = [column.name for column in table.primary_key.columns]
+        for shape, entries in by_shape.items():
+            compiled = self._compile(connection, table, pk, shape)
+            params: Sequence[Any] = [_parameters(compiled, key, values) for key, values in entries]
+            connection.exec_driver_sql(compiled.sql, params)
+
+    def _compile(
+        self, connection: Connection, table: Table, pk: list[str], shape: tuple[str, ...]
+    ) -> _Compiled:
+        dialect = connection.dialect
+        cache_key = (table, shape, dialect.name)
+        compiled = self._compiled.get(cache_key)
+        if compiled is None:
+            statement = (
+                update(table)
+                .where(and_(*(table.c[name] == bindparam(f"k_{name}") for name in pk)))
+                .values({name: bindparam(f"v_{name}") for name in shape})
+            )
+            sql = statement.compile(dialect=dialect)
+            positional = sql.positiontup is not None
+            names = tuple(sql.positiontup) if sql.positiontup is not None else tuple(sql.binds)
+            sources = tuple(
+                (
+                    name.startswith("k_"),
+                    pk.index(name[2:]) if name.startswith("k_") else name[2:],
+                    sql.binds[name].type.bind_processor(dialect),
+                )
+                for name in names
+            )
+            compiled = _Compiled(sql.string, names, sources, positional)
+            self._compiled[cache_key] = compiled
+        return compiled
+
+
+def _parameters(compiled: _Compiled, key: Key, values: dict[str, Any]) -> Any:
+    """One row's driver parameters: a tuple for a positional driver (SQLite), else a dict."""
+    converted = []
+    for from_key, field, processor in compiled.sources:
+        value = key[field] if from_key else values[field]
+        converted.append(value if processor is None else processor(value))
+    if compiled.positional:
+        return tuple(converted)
+    return dict(zip(compiled.names, converted, strict=True))

@@ -67,6 +67,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     fanout.add_argument("--playback", type=float, default=1.0)
     fanout.add_argument("--json", type=Path, default=None)
+    fanout.add_argument(
+        "--terminal-impl",
+        choices=("lean", "aiomqtt"),
+        default="lean",
+        help="simulated terminals: paho-mqtt clients on one selector loop, or the aiomqtt simulator",
+    )
+    fanout.add_argument(
+        "--poll",
+        choices=("bench", "public"),
+        default="bench",
+        help="progress from the bench-only counts endpoint, or the public report every 0.2 s",
+    )
+    ingest = bench_commands.add_parser(
+        "ingest", help="acknowledgements the controller persists per second, from a flood through Mosquitto"
+    )
+    ingest.add_argument("--acks", type=int, default=10_000, help="terminals (each sends 3 acknowledgements)")
+    ingest.add_argument(
+        "--hold",
+        action="store_true",
+        help="pause the controller while the acks are published, so it drains a standing queue",
+    )
+    ingest.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ingest.add_argument(
+        "--profile", type=Path, default=None, help="py-spy profile of the controller to this file"
+    )
+    ingest.add_argument("--json", type=Path, default=None)
 
     args = parser.parse_args(argv)
     try:
@@ -100,6 +126,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.serve import load_regions
 
         return load_regions(settings, args.csv)
+    if args.bench_command == "ingest":
+        from bench.ingest import run_ingest_cli
+
+        return int(run_ingest_cli(args))
     from bench.fanout import run_fanout_cli
 
     return int(run_fanout_cli(args))
