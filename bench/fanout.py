@@ -324,6 +324,7 @@ async def run_fanout(
             "controller_id": f"bench-{tag}",
             "topic_prefix": f"bench-{tag}",
             "embedded_broker_host": HOST,
+            "county_region": COUNTY,
         }
         if broker == "embedded":
             port = free_port(HOST)

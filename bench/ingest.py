@@ -239,6 +239,7 @@ async def run_ingest(
                 "controller_id": prefix,
                 "topic_prefix": prefix,
                 "mqtt_url": mosquitto.url,
+                "county_region": "4212",
             }
         )
         await controller.start()
