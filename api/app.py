@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import broadcast_events, broadcasts, groups, regions, system, terminals
+from api.routes import alarms, broadcast_events, broadcasts, groups, regions, system, terminals
+from controller.alarms import AlarmNotFound
 from controller.broadcasts import BroadcastConflict, BroadcastNotFound, BroadcastRejected
 from controller.groups import GroupNotFound, GroupRejected
 from controller.service import Controller, NotAccepting
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
+    app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(BroadcastNotFound)
     @app.exception_handler(GroupNotFound)
     @app.exception_handler(TerminalNotFound)
+    @app.exception_handler(AlarmNotFound)
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 

@@ -66,6 +66,18 @@ class Metrics:
             buckets=(1, 10, 100, 1000, 10_000, 100_000),
             registry=r,
         )
+        self.presence_flapping = Counter(
+            "cunxiang_presence_flapping_total", "Times a terminal was found flapping", registry=r
+        )
+        self.alarms_raised = Counter(
+            "cunxiang_alarms_raised_total", "Terminal fault alarms raised, by fault", ["fault"], registry=r
+        )
+        self.heartbeat_fields_dropped = Counter(
+            "cunxiang_heartbeat_fields_dropped_total",
+            "Telemetry members dropped from heartbeats because they were out of range or malformed",
+            ["field"],
+            registry=r,
+        )
         self.terminals_by_presence = Gauge(
             "cunxiang_terminals", "Registered terminals, by presence", ["presence"], registry=r
         )

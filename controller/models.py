@@ -149,3 +149,32 @@ class Delivery(SQLModel, table=True):
     received_at: datetime | None = _utc_column(default=None)
     playing_at: datetime | None = _utc_column(default=None)
     finished_at: datetime | None = _utc_column(default=None, description="when it reached a final state")
+
+
+class PresenceEvent(SQLModel, table=True):
+    """One change of a terminal's presence, for its history. While a terminal flaps, its changes
+    are summed up by a `flapping` event and a `stable` one instead of a row each."""
+
+    __tablename__ = "presence_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    terminal_id: str = Field(index=True, max_length=64)
+    at: datetime = _utc_column(index=True)
+    presence: str = Field(max_length=16)
+    reason: str = Field(
+        max_length=32, description="birth, goodbye, will, heartbeat, heartbeat_timeout, flapping, stable"
+    )
+    session: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class Alarm(SQLModel, table=True):
+    """A fault a terminal reported, from when its heartbeats first showed it until they no longer did."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    terminal_id: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=32)
+    detail: str | None = Field(default=None, max_length=200)
+    started_at: datetime = _utc_column(index=True)
+    ended_at: datetime | None = _utc_column(default=None)
+    acknowledged_at: datetime | None = _utc_column(default=None)
+    acknowledged_by: str | None = Field(default=None, max_length=100)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from controller.alarms import AlarmTracker, Thresholds, open_alarms
 from controller.broadcasts import (
     BroadcastNotFound,
     BroadcastRequest,
@@ -58,10 +59,10 @@ from devices.messages import (
     Ack,
     Cancel,
     ControllerStatus,
-    Heartbeat,
     Presence,
     TerminalStatus,
     decode,
+    decode_heartbeat,
     encode,
     is_command_id,
     now_utc,
@@ -99,7 +100,18 @@ class Controller:
             retry_max_interval=settings.retry_max_interval_s,
             clock_tolerance=timedelta(seconds=settings.ack_clock_tolerance_s),
         )
-        self.presence = PresenceTracker(self.writer, self.metrics)
+        self.presence = PresenceTracker(
+            self.writer,
+            self.metrics,
+            misses=settings.heartbeat_misses,
+            flap_changes=settings.flap_changes,
+            flap_window=timedelta(seconds=settings.flap_window_s),
+        )
+        self.alarms = AlarmTracker(
+            self.writer,
+            self.metrics,
+            Thresholds(settings.fault_low_signal_dbm, settings.fault_high_temperature_c),
+        )
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
         self.dispatcher: Dispatcher | None = None
@@ -120,6 +132,7 @@ class Controller:
         if loaded:
             log.info("loaded %d bundled administrative regions (咸宁市)", loaded)
         self.presence.load(await self.writer.call(all_terminals))
+        self.alarms.load(await self.writer.call(open_alarms))
         for broadcast, states, owed_cancel in await self.writer.call(live_broadcasts):
             self.tracker.track(_live(broadcast, states, owed_cancel), now_utc())
         address = await self._broker_address()
@@ -272,6 +285,7 @@ class Controller:
         await self.writer.flush()
         await self.writer.call(lambda session: decommission(session, terminal_id, now))
         self.presence.forget(terminal_id)
+        self.alarms.forget(terminal_id, now)
 
     def presence_of(self, terminal_id: str) -> str:
         """Live presence; `unknown` for everyone while the controller itself is cut off from the broker."""
@@ -298,9 +312,13 @@ class Controller:
                 if outcome.new_birth and self.dispatcher is not None:
                     self._spawn(self.dispatcher.terminal_returned(status.terminal_id))
             else:
-                heartbeat = decode(Heartbeat, payload)
+                heartbeat, dropped = decode_heartbeat(payload)
                 self._check_sender(parsed.terminal_id, heartbeat.terminal_id)
+                for name in dropped:
+                    self.metrics.heartbeat_fields_dropped.labels(name).inc()
                 rejection = self.presence.on_heartbeat(heartbeat, at)
+                if rejection is None:
+                    self.alarms.on_heartbeat(heartbeat, at)
         except ProtocolError as exc:
             self._reject(exc.reason, f"{topic}: {exc.detail}")
             return
@@ -329,6 +347,7 @@ class Controller:
             )
 
     def _on_connected(self) -> None:
+        self.presence.heard_from_now_on(now_utc())
         if self.dispatcher is not None:
             self._spawn(self.dispatcher.resume())
 
@@ -338,6 +357,8 @@ class Controller:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
             try:
                 self.tracker.sweep(now_utc())
+                if self.connected:
+                    self.presence.check(now_utc())
                 if self.connected and self.dispatcher is not None:
                     await self.dispatcher.retry_unpublished()
                     await self.dispatcher.retry_overdue(lambda t: self.presence_of(t) == Presence.ONLINE)

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     max_expires_in_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     ack_clock_tolerance_s: Annotated[int, Field(ge=1)] = 3600
+    heartbeat_misses: Annotated[int, Field(ge=1, le=100)] = 3
+    """a terminal silent for this many of its heartbeat intervals is offline"""
+    flap_changes: Annotated[int, Field(ge=2, le=1000)] = 5
+    flap_window_s: Annotated[int, Field(ge=10)] = 600
+    """this many presence changes within this window is flapping"""
+    fault_low_signal_dbm: Annotated[int, Field(ge=-150, le=0)] = -105
+    fault_high_temperature_c: Annotated[float, Field(ge=0, le=150)] = 70.0
     """an acknowledgement stamped further than this from the controller's clock is ignored as absurd"""
     log_level: str = "INFO"
 

@@ -1,8 +1,9 @@
 """All of the controller's database writes, on one thread, in batches.
 
-The MQTT hot path never waits for the database: trackers record row updates here in memory, and
-`run` writes them every `interval` seconds (sooner when `max_rows` are waiting) in one transaction
-of executemany UPDATEs. One writer thread also means SQLite never sees two of our writers at once.
+The MQTT hot path never waits for the database: trackers record row updates (and new rows, such as
+presence history and alarms) here in memory, and `run` writes them every `interval` seconds
+(sooner when `max_rows` are waiting) in one transaction of executemany INSERTs, then UPDATEs.
+One writer thread also means SQLite never sees two of our writers at once.
 Each UPDATE is compiled once per table and set of columns (`Updates`) and run with plain parameter
 tuples, so a row costs the database driver's work and the columns' own conversions (such as UTC
 times), not SQLAlchemy's per-row parameter handling (about three times faster with SQLite).
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
@@ -33,6 +34,7 @@ T = TypeVar("T")
 
 Key = tuple[str, ...]
 Pending = dict[Table, dict[Key, dict[str, Any]]]
+Inserts = dict[Table, list[dict[str, Any]]]
 
 COMMITS_REMEMBERED = 10_000
 
@@ -58,6 +60,7 @@ class DbWriter:
         self._max_rows = max_rows
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cunxiang-db")
         self._pending: Pending = {}
+        self._inserts: Inserts = {}
         self._count = 0
         self._updates: dict[Table, int] = {}
         self.writing = 0
@@ -91,6 +94,13 @@ class DbWriter:
         else:
             row.update(values)
 
+    def insert(self, table: Table, row: dict[str, Any]) -> None:
+        """Record a new row of `table`, written at the next flush before that flush's updates."""
+        self._inserts.setdefault(table, []).append(row)
+        self._count += 1
+        if self._count >= self._max_rows:
+            self._wake.set()
+
     @property
     def backlog(self) -> int:
         return self._count
@@ -98,19 +108,19 @@ class DbWriter:
     async def flush(self) -> None:
         """Write everything recorded so far; on a passing failure the rows wait for the next flush."""
         async with self._lock:
-            if not self._pending:
+            if not self._pending and not self._inserts:
                 return
-            batch, count, updates = self._pending, self._count, self._updates
-            self._pending, self._count, self._updates = {}, 0, {}
+            batch, inserts, count, updates = self._pending, self._inserts, self._count, self._updates
+            self._pending, self._inserts, self._count, self._updates = {}, {}, 0, {}
             self.writing = count
             try:
                 # Shielded: a cancelled caller must not abandon a batch the thread is still writing.
                 committed_at = await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch)
+                    asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch, inserts)
                 )
             except BaseException:
                 self.metrics.db_flush_errors.inc()
-                self._restore(batch, updates)
+                self._restore(batch, inserts, updates)
                 raise
             finally:
                 self.writing = 0
@@ -145,7 +155,9 @@ class DbWriter:
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    def _restore(self, batch: Pending, updates: dict[Table, int]) -> None:
+    def _restore(self, batch: Pending, inserts: Inserts, updates: dict[Table, int]) -> None:
+        for table, new_rows in inserts.items():
+            self._inserts[table] = new_rows + self._inserts.get(table, [])
         for table, n in updates.items():
             self._updates[table] = self._updates.get(table, 0) + n
         for table, rows in batch.items():
@@ -154,20 +166,33 @@ class DbWriter:
                 newer = current.get(key)
                 current[key] = values if newer is None else {**values, **newer}
         self._count = sum(len(rows) for rows in self._pending.values())
+        self._count += sum(len(rows) for rows in self._inserts.values())
 
-    def _write(self, batch: Pending) -> float:
+    def _write(self, batch: Pending, inserts: Inserts) -> float:
         """Write a batch in one transaction; returns when it was committed (epoch seconds)."""
         try:
             with self.engine.begin() as connection:
+                for table, new_rows in inserts.items():
+                    connection.execute(insert(table), new_rows)
                 for table, rows in batch.items():
                     self._statements.update_rows(connection, table, rows)
         except Exception as exc:
             if _passing(exc):
                 raise
-            self._write_row_by_row(batch)
+            self._write_row_by_row(batch, inserts)
         return time.time()
 
-    def _write_row_by_row(self, batch: Pending) -> None:
+    def _write_row_by_row(self, batch: Pending, inserts: Inserts) -> None:
+        for table, new_rows in inserts.items():
+            for row in new_rows:
+                try:
+                    with self.engine.begin() as connection:
+                        connection.execute(insert(table), [row])
+                except Exception as exc:
+                    if _passing(exc):
+                        raise
+                    self.metrics.db_rows_refused.inc()
+                    log.error("database refused new %s row %s; dropped: %s", table.name, row, exc)
         for table, rows in batch.items():
             for key, values in rows.items():
                 try:

@@ -217,20 +217,44 @@ class Supply(StrEnum):
 
 
 class Heartbeat(WireModel):
-    """Periodic health telemetry, QoS 0 (a lost one is replaced by the next)."""
+    """Periodic health telemetry, QoS 0 (a lost one is replaced by the next).
+
+    Only `terminal_id` and `at` are required: a terminal reports what its hardware can measure.
+    """
 
     terminal_id: TerminalId
     at: AwareDatetime
-    uptime_s: Annotated[int, Field(ge=0)]
-    volume: Annotated[int, Field(ge=0, le=100)]
-    amplifier: Amplifier
-    speaker: Speaker
-    supply: Supply
+    uptime_s: Annotated[int, Field(ge=0)] | None = None
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    amplifier: Amplifier | None = None
+    speaker: Speaker | None = None
+    supply: Supply | None = None
     battery_pct: Annotated[int, Field(ge=0, le=100)] | None = None
     temperature_c: Annotated[float, Field(ge=-60, le=150)] | None = None
     signal_dbm: Annotated[int, Field(ge=-150, le=0)] | None = None
-    firmware: Annotated[str, Field(max_length=64)]
+    firmware: Annotated[str, Field(max_length=64)] | None = None
     playing: CommandId | None = None
+
+
+_HEARTBEAT_REQUIRED = frozenset({"v", "terminal_id", "at"})
+
+
+def decode_heartbeat(payload: bytes | bytearray | str) -> tuple[Heartbeat, list[str]]:
+    """Decode a heartbeat, keeping what is valid: a telemetry member out of range or of the wrong
+    type is dropped, and named in the list returned, rather than losing the whole heartbeat.
+    Raises PayloadError if the heartbeat is unusable (not JSON, or no valid terminal id and time)."""
+    data = _load(payload)
+    dropped: list[str] = []
+    for _ in range(len(data)):
+        try:
+            return Heartbeat.model_validate(data), dropped
+        except ValidationError as exc:
+            bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+            if not bad or bad & _HEARTBEAT_REQUIRED:
+                break
+            dropped.extend(sorted(bad))
+            data = {k: v for k, v in data.items() if k not in bad}
+    return _validate(Heartbeat, data), dropped
 
 
 def is_command_id(value: object) -> bool:

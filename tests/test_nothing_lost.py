@@ -1,13 +1,28 @@
 """An accepted alert is never lost: not when the broker is away, not when the controller restarts."""
 
+import socket
+
 from controller.embedded_broker import EmbeddedBroker, free_port
 from controller.regions import villages_under
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually, metric, metrics_text, specs_in
 
 
+def port_no_client_can_take() -> int:
+    """A free port below the ephemeral range. A client retrying a port of that range where nothing
+    listens can end up connected to itself (TCP simultaneous open), holding the port."""
+    for port in range(20000, 32000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32000")
+
+
 async def test_alert_accepted_while_broker_is_down_is_delivered_after_restart(sqlite_url: str) -> None:
-    port = free_port()
+    port = port_no_client_can_take()
     settings = make_settings(sqlite_url, f"mqtt://127.0.0.1:{port}")
     first = LiveServer(settings)
     await first.start()

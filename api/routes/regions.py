@@ -4,7 +4,8 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 from sqlmodel import select
 
-from api.deps import SessionDep
+from api.deps import ControllerDep, SessionDep
+from controller.fleet_health import RegionHealth, region_health
 from controller.models import Region
 
 router = APIRouter(prefix="/regions", tags=["regions"])
@@ -29,4 +30,20 @@ def region(code: str, session: SessionDep) -> RegionDetail:
     children = session.exec(select(Region).where(Region.parent_code == code).order_by(Region.code)).all()
     return RegionDetail(
         **found.model_dump(), children=[RegionPublic.model_validate(c.model_dump()) for c in children]
+    )
+
+
+@router.get("/{code}/health", response_model=RegionHealth)
+def health(code: str, session: SessionDep, controller: ControllerDep) -> RegionHealth:
+    """Terminals online, offline, lost, unknown, faulty and working, for the region and each region
+    below it, and every village under it with no working terminal ("silent villages")."""
+    found = session.get(Region, code)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no region with code {code!r}")
+    return region_health(
+        session,
+        found,
+        presence_of=controller.presence_of,
+        faults_of=controller.alarms.active,
+        controller_connected=controller.connected,
     )

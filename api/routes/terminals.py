@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from api.deps import ControllerDep, SessionDep
-from controller.models import Broadcast, Delivery, Terminal
+from api.routes.alarms import AlarmPublic
+from controller.models import Alarm, Broadcast, Delivery, PresenceEvent, Terminal
 from controller.service import Controller
 from controller.terminals import (
     Credentials,
@@ -33,6 +34,7 @@ class TerminalPublic(BaseModel):
     installed_on: date | None
     notes: str | None
     presence: str
+    flapping: bool
     presence_since: datetime | None
     last_seen: datetime | None
     firmware: str | None
@@ -72,10 +74,25 @@ class PlayedBroadcast(BaseModel):
     finished_at: datetime | None
 
 
+class PresenceChange(BaseModel):
+    at: datetime
+    presence: str
+    reason: str
+
+
 class TerminalDetail(TerminalPublic):
+    presence_history: list[PresenceChange] = Field(description="its last presence changes, newest first")
+    alarms: list[AlarmPublic] = Field(description="its open alarms, then the last cleared ones, newest first")
     broadcasts: list[PlayedBroadcast] = Field(
         description="its last broadcasts, newest first, and how each went"
     )
+
+
+class UnregisteredTerminal(BaseModel):
+    terminal_id: str
+    last_seen: datetime
+    region: str | None = Field(description="the region its status message claimed, if it sent one")
+    messages: int
 
 
 def public(terminal: Terminal, controller: Controller) -> TerminalPublic:
@@ -90,6 +107,7 @@ def public(terminal: Terminal, controller: Controller) -> TerminalPublic:
         installed_on=terminal.installed_on,
         notes=terminal.notes,
         presence=controller.presence_of(terminal.id),
+        flapping=live.flapping if live else False,
         presence_since=live.since if live else terminal.presence_since,
         last_seen=live.last_seen if live else None,
         firmware=terminal.firmware,
@@ -143,17 +161,39 @@ async def import_csv(
     return _registered(await controller.register(parse_terminals_csv(text)))
 
 
+@router.get("/unregistered", response_model=list[UnregisteredTerminal])
+def unregistered(controller: ControllerDep) -> list[UnregisteredTerminal]:
+    """Terminal ids heard on the broker (status or heartbeats) that are not registered or not in
+    service: switched on before registration, misconfigured, or impostors. Latest first."""
+    return [UnregisteredTerminal(**s._asdict()) for s in controller.presence.strangers()]
+
+
 @router.get("/{terminal_id}", response_model=TerminalDetail)
 def terminal(
     terminal_id: str,
     session: SessionDep,
     controller: ControllerDep,
+    history: Annotated[int, Query(ge=0, le=1000)] = 50,
     broadcasts: Annotated[int, Query(ge=0, le=500)] = 20,
 ) -> TerminalDetail:
-    """A terminal's description, presence, last telemetry and its last broadcasts."""
+    """A terminal's description, presence and its history, last telemetry, alarms, last broadcasts."""
     found = in_service(session, terminal_id)
+    changes = session.exec(
+        select(PresenceEvent)
+        .where(PresenceEvent.terminal_id == terminal_id)
+        .order_by(col(PresenceEvent.at).desc(), col(PresenceEvent.id).desc())
+        .limit(history)
+    ).all()
+    alarms = session.exec(
+        select(Alarm)
+        .where(Alarm.terminal_id == terminal_id)
+        .order_by(col(Alarm.ended_at).is_not(None), col(Alarm.started_at).desc())
+        .limit(100)
+    ).all()
     return TerminalDetail(
         **public(found, controller).model_dump(),
+        presence_history=[PresenceChange(at=c.at, presence=c.presence, reason=c.reason) for c in changes],
+        alarms=[AlarmPublic.model_validate(a, from_attributes=True) for a in alarms],
         broadcasts=_last_broadcasts(session, terminal_id, broadcasts),
     )
 
