@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument(
         "--divisions", type=Path, default=None, help="divisions CSV (default: bundled 咸宁市)"
     )
+    simulate.add_argument(
+        "--scenario",
+        type=Path,
+        default=None,
+        help="a TOML file of faults to play out (power loss, flapping, speaker faults...): "
+        "see simulator/scenario.py and deploy/scenarios/",
+    )
 
     regions = commands.add_parser("regions", help="administrative regions")
     regions_commands = regions.add_subparsers(dest="regions_command", required=True)

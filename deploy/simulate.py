@@ -14,6 +14,7 @@ from controller.settings import Settings
 from devices.identifiers import RegionLevel
 from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
 from simulator.runner import Fleet
+from simulator.scenario import ScenarioError, load_scenario
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,19 @@ async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
     if args.register:
         await asyncio.to_thread(register_over_http, args.register, specs)
     address = BrokerAddress.from_url(url)
-    fleet = Fleet(specs, address.host, address.port, settings.topics, Behaviour(playback_s=args.playback))
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except ScenarioError as exc:
+        print(f"bad scenario: {exc}", file=sys.stderr)
+        return 2
+    fleet = Fleet(
+        specs,
+        address.host,
+        address.port,
+        settings.topics,
+        Behaviour(playback_s=args.playback),
+        scenario=scenario,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

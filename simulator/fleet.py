@@ -4,7 +4,7 @@ import random
 from dataclasses import dataclass
 
 from devices.identifiers import is_region_code
-from devices.messages import Content
+from devices.messages import Amplifier, Content, Speaker, Supply
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,34 @@ class Behaviour:
         if content.audio is not None:
             return max(MIN_PLAY_S, content.audio.size / AUDIO_BYTES_PER_S)
         return max(MIN_PLAY_S, len(content.text or "") / SPEECH_CHARS_PER_S)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A simulated terminal's health at one moment; a scenario changes it over time."""
+
+    powered: bool = True
+    """False: switched off or cut off, its connection dropped without a goodbye (the broker then
+    publishes its will, `lost`), and it stays away until powered again"""
+    flap_period_s: float | None = None
+    """losing and regaining its connection every this many seconds (a bad link), when set"""
+    speaker: Speaker = Speaker.OK
+    amplifier: Amplifier = Amplifier.OK
+    supply: Supply = Supply.MAINS
+    battery_pct: int | None = None
+    signal_dbm: int | None = None
+    """None: a healthy -95 to -60 dBm"""
+    temperature_c: float | None = None
+    """None: a mild 15 to 35 °C"""
+    answer_delay_s: float = 0.0
+    """how long it takes to act on a command (an overloaded or slow terminal)"""
+    loss: float = 0.0
+    """the share of messages lost each way (commands in, acknowledgements out)"""
+
+    @property
+    def silent(self) -> bool:
+        """Whether it plays nothing audible even when it plays."""
+        return self.speaker is not Speaker.OK or self.amplifier is Amplifier.FAULT
 
 
 # Broadcast Mandarin is read at about 4 characters a second (240 a minute); audio is taken to be

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec
+from simulator.scenario import Scenario, play
 from simulator.terminal import SimulatedTerminal
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ class Fleet:
     topics: TopicScheme = field(default_factory=TopicScheme)
     behaviour: Behaviour = field(default_factory=Behaviour)
     connect_concurrency: int = 64
+    scenario: Scenario | None = None
+    """faults to play out once every terminal is online"""
     terminals: list[SimulatedTerminal] = field(default_factory=list)
     _tasks: list["asyncio.Task[None]"] = field(default_factory=list)
 
@@ -38,6 +41,8 @@ class Fleet:
 
         await asyncio.wait_for(asyncio.gather(*(start_one(t) for t in self.terminals)), timeout)
         log.info("%d simulated terminals online at mqtt://%s:%d", len(self.terminals), self.host, self.port)
+        if self.scenario is not None:
+            self._tasks.append(asyncio.create_task(play(self.scenario, self.terminals)))
 
     async def stop(self) -> None:
         for task in self._tasks:

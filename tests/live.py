@@ -15,6 +15,7 @@ from deploy.serve import http_server
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
 from simulator.runner import Fleet
+from simulator.scenario import Scenario
 
 
 class LiveServer:
@@ -95,7 +96,7 @@ class LiveServer:
                 raise AssertionError(f"timed out; last report: {report}")
             await asyncio.sleep(0.1)
 
-    def fleet(self, specs: list[SimulatedSpec], **behaviour: Any) -> Fleet:
+    def fleet(self, specs: list[SimulatedSpec], scenario: Scenario | None = None, **behaviour: Any) -> Fleet:
         broker = self.controller.bus
         assert broker is not None
         return Fleet(
@@ -104,6 +105,7 @@ class LiveServer:
             broker.address.port,
             self.topics,
             Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),  # type: ignore[arg-type]
+            scenario=scenario,
         )
 
 

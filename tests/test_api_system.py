@@ -67,7 +67,15 @@ async def test_presence_is_unknown_while_the_controller_is_cut_off(sqlite_url: s
             listed = (await live.http.get("/api/v1/terminals")).json()["items"]
             health = await live.http.get("/healthz")
             report = await live.report(accepted["id"])
+            region = (await live.http.get("/api/v1/regions/421202100/health")).json()
         assert [t["presence"] for t in listed] == ["unknown", "unknown"]
+        assert region["controller_connected"] is False and region["totals"]["unknown"] == 2
+        assert region["totals"]["offline"] == 0 and region["totals"]["working"] == 0
+        assert all(
+            v["why"] == "unknown: the controller is cut off from the MQTT broker"
+            for v in region["silent_villages"]
+            if v["terminals"]
+        )
         assert health.status_code == 503 and health.json()["mqtt"] == "disconnected"
         [silent] = report["unacknowledged"]
         assert silent["id"] == specs[1].terminal_id and "cut off from the MQTT broker" in silent["why"]
