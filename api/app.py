@@ -6,12 +6,26 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import alarms, broadcast_events, broadcasts, groups, regions, system, terminals
+from api.routes import (
+    alarms,
+    broadcast_events,
+    broadcasts,
+    groups,
+    programmes,
+    regions,
+    schedules,
+    system,
+    terminals,
+)
 from controller.alarms import AlarmNotFound
 from controller.broadcasts import BroadcastConflict, BroadcastNotFound, BroadcastRejected
 from controller.groups import GroupNotFound, GroupRejected
+from controller.media import MediaRejected
+from controller.programmes import ProgrammeNotFound
+from controller.schedules import ScheduleNotFound, ScheduleRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
+from controller.speech import SpeechFailed
 from controller.terminals import TerminalNotFound, TerminalsRejected
 
 
@@ -39,12 +53,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
     app.include_router(alarms.router, prefix="/api/v1")
+    app.include_router(schedules.router, prefix="/api/v1")
+    app.include_router(programmes.router)
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)
 
     @app.exception_handler(BroadcastRejected)
     @app.exception_handler(TerminalsRejected)
     @app.exception_handler(GroupRejected)
+    @app.exception_handler(ScheduleRejected)
+    @app.exception_handler(MediaRejected)
+    @app.exception_handler(SpeechFailed)
     async def unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
@@ -52,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(GroupNotFound)
     @app.exception_handler(TerminalNotFound)
     @app.exception_handler(AlarmNotFound)
+    @app.exception_handler(ScheduleNotFound)
+    @app.exception_handler(ProgrammeNotFound)
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 

@@ -178,3 +178,60 @@ class Alarm(SQLModel, table=True):
     ended_at: datetime | None = _utc_column(default=None)
     acknowledged_at: datetime | None = _utc_column(default=None)
     acknowledged_by: str | None = Field(default=None, max_length=100)
+
+
+class Programme(SQLModel, table=True):
+    """Something to play: uploaded audio, or text (spoken by the offline engine when there is one)."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    title: str = Field(max_length=200)
+    text: str | None = Field(default=None, max_length=4000)
+    language: str = Field(default="zh-CN", max_length=16)
+    speed: int | None = Field(default=None, description="speech rate, words a minute (eSpeak NG's -s)")
+    media: str | None = Field(default=None, max_length=80, description="file name in the media store")
+    media_format: str | None = Field(default=None, max_length=8)
+    media_size: int | None = None
+    media_sha256: str | None = Field(default=None, max_length=64)
+    duration_s: float | None = None
+    voice: str | None = Field(default=None, max_length=64, description="the engine and voice that spoke it")
+    created_at: datetime = _utc_column(default_factory=now_utc)
+
+
+class Schedule(SQLModel, table=True):
+    """A programme played on a target at the times of a recurrence (RFC 5545), in a time zone."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    programme_id: str = Field(foreign_key="programme.id", max_length=32, index=True)
+    regions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    groups: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    start: datetime = Field(
+        sa_column=Column(DateTime(timezone=False), nullable=False),
+        description="the first run, wall-clock time in `timezone` (stored naive)",
+    )
+    rrule: str | None = Field(default=None, max_length=500, description="RFC 5545 RRULE; none: once")
+    until: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=False), nullable=True),
+        description="no run after this wall-clock time",
+    )
+    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    expires_in_s: int = Field(description="each run's broadcast expires this long after its time")
+    missed: str = Field(default="skip", max_length=8, description="skip, or play if within `grace_s`")
+    grace_s: int = 0
+    enabled: bool = True
+    created_at: datetime = _utc_column(default_factory=now_utc)
+    updated_at: datetime = _utc_column(default_factory=now_utc)
+
+
+class ScheduleRun(SQLModel, table=True):
+    """One occurrence of a schedule, claimed by the controller that plays it (exactly once)."""
+
+    __tablename__ = "schedule_run"
+
+    schedule_id: str = Field(primary_key=True, max_length=32)
+    due_at: datetime = _utc_column(primary_key=True)
+    started_at: datetime = _utc_column()
+    broadcast_id: str | None = Field(default=None, max_length=64)
+    outcome: str = Field(max_length=16, description="played, skipped (missed), failed")
+    detail: str | None = Field(default=None, max_length=500)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -37,11 +37,16 @@ from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
 from controller.dispatch import Dispatcher
 from controller.embedded_broker import EmbeddedBroker
+from controller.media import MediaRejected, MediaStore
 from controller.metrics import Metrics
-from controller.models import SENDING_STATES, Broadcast, BroadcastState
+from controller.models import SENDING_STATES, Broadcast, BroadcastState, Programme, Schedule
 from controller.presence import UNKNOWN, PresenceTracker
+from controller.programmes import content_of
 from controller.regions import ensure_bundled_regions
+from controller.scheduler import Clock, Scheduler
+from controller.schedules import request_for
 from controller.settings import Settings
+from controller.speech import Speech, SpeechEngine, SpeechFailed, SpeechUnavailable
 from controller.terminals import (
     Credentials,
     Registration,
@@ -57,6 +62,7 @@ from controller.writer import DbWriter
 from devices.errors import ProtocolError
 from devices.messages import (
     Ack,
+    AudioRef,
     Cancel,
     ControllerStatus,
     Presence,
@@ -84,7 +90,9 @@ class NotAccepting(RuntimeError):
 class Controller:
     """One controller process."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.metrics = metrics or Metrics()
@@ -112,6 +120,9 @@ class Controller:
             self.metrics,
             Thresholds(settings.fault_low_signal_dbm, settings.fault_high_temperature_c),
         )
+        self.media = MediaStore(settings.media_dir)
+        self.speech = SpeechEngine(self.media, settings.tts_command)
+        self.scheduler = Scheduler(self.writer, self._play_scheduled, clock)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
         self.dispatcher: Dispatcher | None = None
@@ -152,6 +163,8 @@ class Controller:
         self._run("db-writer", self.writer.run())
         self._run("sweep", self._sweep())
         self.accepting = True
+        self._run("scheduler", self.scheduler.run())
+        log.info("text to speech: %s", self.speech.describe())
         if connect_timeout is not None:
             try:
                 await self.bus.wait_connected(connect_timeout)
@@ -186,6 +199,7 @@ class Controller:
         """
         if not self.accepting or self.dispatcher is None:
             raise NotAccepting("the controller is not accepting broadcasts")
+        request = await self._spoken(request)
         if updates is not None:
             if not is_command_id(updates):
                 raise BroadcastNotFound(f"no broadcast {updates!r}")
@@ -224,6 +238,42 @@ class Controller:
         await self.dispatcher.publish(live)
         broadcast.state = live.state
         return broadcast
+
+    async def speak(self, text: str, language: str, speed: int | None = None) -> Speech:
+        """Speech for `text` from the offline engine (cached); raises SpeechUnavailable or SpeechFailed."""
+        return await asyncio.to_thread(self.speech.speak, text, language, speed)
+
+    async def _spoken(self, request: BroadcastRequest) -> BroadcastRequest:
+        """Text-only content with the offline engine's speech added, so every terminal sounds the
+        same; without an engine, or if it fails, the text goes alone (terminals may speak it)."""
+        if request.audio is not None or request.text is None or not self.speech.available:
+            return request
+        if not self.settings.speak_alerts:
+            return request
+        try:
+            speech = await self.speak(request.text, request.language)
+        except (SpeechFailed, SpeechUnavailable, MediaRejected) as exc:
+            log.warning("sending text without speech: %s", exc)
+            return request
+        audio = AudioRef(
+            url=f"{self.settings.media_url}/{speech.info.name}",
+            size=speech.info.size,
+            sha256=speech.info.sha256,
+            duration_s=speech.info.duration_s,
+        )
+        return request.model_copy(update={"audio": audio})
+
+    async def _play_scheduled(self, schedule: Schedule, programme: Programme, due: datetime) -> Broadcast:
+        """One run of a schedule, as a programme broadcast expiring `expires_in_s` after its time."""
+        content = content_of(programme, self.settings.media_url)
+        request = request_for(schedule, programme).model_copy(
+            update={
+                "audio": content.audio,
+                "expires_in": None,
+                "expires_at": due + timedelta(seconds=schedule.expires_in_s),
+            }
+        )
+        return await self.submit(request)
 
     async def cancel(self, broadcast_id: str) -> Broadcast:
         """Cancel a broadcast: stored first, then sent to its regions (and later to stragglers).

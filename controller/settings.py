@@ -1,7 +1,9 @@
 """The one settings object, read from `CUNXIANG_*` environment variables (and `.env`)."""
 
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +46,17 @@ class Settings(BaseSettings):
     """this many presence changes within this window is flapping"""
     fault_low_signal_dbm: Annotated[int, Field(ge=-150, le=0)] = -105
     fault_high_temperature_c: Annotated[float, Field(ge=0, le=150)] = 70.0
+    media_dir: Path = Path("media")
+    """where programme audio and synthesised speech are kept"""
+    public_url: str | None = None
+    """the controller's address as terminals reach it, for audio downloads; default http://HOST:PORT"""
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024
+    tts_command: str | None = None
+    speak_alerts: bool = True
+    """add the offline engine's speech to broadcasts that carry only text"""
+    """the eSpeak NG program (default: espeak-ng on PATH)"""
+    timezone: str = "Asia/Shanghai"
+    """the county's time zone, the default for schedules"""
     """an acknowledgement stamped further than this from the controller's clock is ignored as absurd"""
     log_level: str = "INFO"
 
@@ -86,6 +99,25 @@ class Settings(BaseSettings):
             raise ValueError("must be an administrative division code such as 421202")
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -100,6 +132,12 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.mqtt_url is None
+
+    @property
+    def media_url(self) -> str:
+        """Where terminals download media from: `<public URL>/media`."""
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return f"{self.public_url or f'http://{host}:{self.http_port}'}/media"
 
 
 class SettingsError(Exception):

@@ -45,6 +45,8 @@ class AudioRef(BaseModel):
     url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
     size: Annotated[int, Field(gt=0)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    duration_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    """how long it plays, when known"""
 
 
 class Content(BaseModel):

@@ -33,7 +33,8 @@ class Behaviour:
         if self.playback_s is not None:
             return self.playback_s
         if content.audio is not None:
-            return max(MIN_PLAY_S, content.audio.size / AUDIO_BYTES_PER_S)
+            seconds = content.audio.duration_s or content.audio.size / AUDIO_BYTES_PER_S
+            return max(MIN_PLAY_S, seconds)
         return max(MIN_PLAY_S, len(content.text or "") / SPEECH_CHARS_PER_S)
 
 

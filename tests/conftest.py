@@ -9,7 +9,10 @@ Each test gets its own topic prefix and controller id, so tests sharing a broker
 other's retained messages.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +31,9 @@ from deploy.mosquitto import mosquitto_binary, run_mosquitto, stop_process
 from tests.live import LiveServer
 
 POSTGRES_URL = os.environ.get("CUNXIANG_TEST_POSTGRES_URL")
+# Media of every test's controller (audio, synthesised speech), out of the working tree.
+MEDIA_DIR = Path(tempfile.mkdtemp(prefix="cunxiang-test-media-"))
+atexit.register(shutil.rmtree, MEDIA_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +94,7 @@ def make_settings(database_url: str, broker_url: str, **overrides: object) -> Se
         "controller_id": f"test-{tag}",
         "topic_prefix": f"t{tag}",
         "expiry_sweep_interval_s": 0.2,
+        "media_dir": MEDIA_DIR / tag,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -1,0 +1,191 @@
+"""Playing schedules: each run becomes a broadcast at its time, exactly once.
+
+The scheduler keeps the next run of every enabled schedule in a heap and sleeps until the
+earliest. A run is claimed by inserting its `ScheduleRun` row (schedule, due time) before anything
+is sent: the primary key makes a second claim fail, so a run is played once even with several
+controllers, or a restart in the middle.
+
+On start-up, runs missed while no controller was running are handled by each schedule's policy:
+`skip` records the latest missed run as skipped; `grace` plays it, late, if it is no more than
+`grace_s` old (and records it skipped otherwise). Older missed runs are not played: a county
+does not want yesterday's weather forecast at 09:00.
+
+Time comes from a `Clock`, so tests can drive it.
+"""
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from controller.models import Broadcast, Programme, Schedule, ScheduleRun
+from controller.schedules import enabled_schedules, last_runs, next_run, occurrences
+from controller.writer import DbWriter
+from devices.messages import now_utc
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep_until(self, when: datetime, wake: asyncio.Event) -> None:
+        """Return at `when`, or as soon as `wake` is set."""
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return now_utc()
+
+    async def sleep_until(self, when: datetime, wake: asyncio.Event) -> None:
+        delay = (when - now_utc()).total_seconds()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                return
+
+
+Play = Callable[[Schedule, Programme, datetime], Awaitable[Broadcast]]
+"""Broadcast one run of a schedule (the controller's submit, with the programme's content)."""
+
+
+class Scheduler:
+    def __init__(self, writer: DbWriter, play: Play, clock: Clock | None = None) -> None:
+        self._writer = writer
+        self._play = play
+        self.clock: Clock = clock or SystemClock()
+        self._changed = asyncio.Event()
+        self._heap: list[tuple[datetime, str]] = []
+        self._schedules: dict[str, Schedule] = {}
+        self.played: list[tuple[str, datetime, datetime]] = []
+        """(schedule, due, when its broadcast was accepted), the last few thousand, for benchmarks"""
+
+    def reload(self) -> None:
+        """Schedules were added, changed or deleted: read them again before the next run."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        await self._catch_up()
+        while True:
+            self._changed.clear()
+            await self._load(self.clock.now())
+            while not self._changed.is_set():
+                if not self._heap:
+                    await self._changed.wait()
+                    break
+                due, schedule_id = self._heap[0]
+                await self.clock.sleep_until(due, self._changed)
+                if self._changed.is_set():
+                    break
+                if self.clock.now() < due:
+                    continue
+                heapq.heappop(self._heap)
+                await self._run_once(schedule_id, due)
+
+    async def _load(self, now: datetime) -> None:
+        schedules = await self._writer.call(enabled_schedules)
+        self._schedules = {s.id: s for s in schedules}
+        self._heap = []
+        for schedule in schedules:
+            due = next_run(schedule, now - timedelta(microseconds=1))
+            if due is not None:
+                self._heap.append((due, schedule.id))
+        heapq.heapify(self._heap)
+
+    async def _run_once(self, schedule_id: str, due: datetime) -> None:
+        schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            return
+        following = next_run(schedule, due)
+        if following is not None:
+            heapq.heappush(self._heap, (following, schedule_id))
+        await self._fire(schedule, due)
+
+    async def _fire(self, schedule: Schedule, due: datetime, late: bool = False) -> None:
+        started = self.clock.now()
+        claimed = await self._writer.call(lambda session: _claim(session, schedule.id, due, started))
+        if claimed is None:
+            return
+        try:
+            programme = await self._writer.call(lambda session: session.get(Programme, schedule.programme_id))
+            if programme is None:
+                raise LookupError(f"programme {schedule.programme_id} no longer exists")
+            broadcast = await self._play(schedule, programme, due)
+        except Exception as exc:
+            log.exception("schedule %s: the run due at %s failed", schedule.id, due.isoformat())
+            await self._writer.call(
+                partial(_finish, schedule_id=schedule.id, due=due, outcome="failed", detail=str(exc))
+            )
+            return
+        self.played.append((schedule.id, due, self.clock.now()))
+        del self.played[:-10_000]
+        detail = f"played {(started - due).total_seconds():.0f} s late" if late else None
+        await self._writer.call(
+            partial(
+                _finish,
+                schedule_id=schedule.id,
+                due=due,
+                broadcast_id=broadcast.id,
+                outcome="played",
+                detail=detail,
+            )
+        )
+
+    async def _catch_up(self) -> None:
+        """Apply each schedule's missed-run policy to the runs missed while no controller ran."""
+        now = self.clock.now()
+        schedules = await self._writer.call(enabled_schedules)
+        latest = await self._writer.call(last_runs)
+        for schedule in schedules:
+            since = latest.get(schedule.id, schedule.created_at)
+            missed = occurrences(schedule, since, now)
+            if not missed:
+                continue
+            last = missed[-1]
+            if schedule.missed == "grace" and now - last <= timedelta(seconds=schedule.grace_s):
+                log.info("schedule %s: playing the run due at %s late", schedule.id, last.isoformat())
+                await self._fire(schedule, last, late=True)
+            else:
+                detail = f"{len(missed)} run(s) missed while no controller ran; policy {schedule.missed}"
+                await self._writer.call(
+                    partial(_skip, schedule_id=schedule.id, due=last, at=now, detail=detail)
+                )
+
+
+def _claim(session: Session, schedule_id: str, due: datetime, at: datetime) -> ScheduleRun | None:
+    run = ScheduleRun(schedule_id=schedule_id, due_at=due, started_at=at, outcome="claimed")
+    session.add(run)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return None
+    return run
+
+
+def _finish(
+    session: Session,
+    *,
+    schedule_id: str,
+    due: datetime,
+    outcome: str,
+    detail: str | None,
+    broadcast_id: str | None = None,
+) -> None:
+    run = session.get(ScheduleRun, (schedule_id, due))
+    if run is not None:
+        run.broadcast_id, run.outcome, run.detail = broadcast_id, outcome, (detail or "")[:500] or None
+        session.add(run)
+        session.commit()
+
+
+def _skip(session: Session, *, schedule_id: str, due: datetime, at: datetime, detail: str) -> None:
+    if _claim(session, schedule_id, due, at) is not None:
+        _finish(session, schedule_id=schedule_id, due=due, outcome="skipped", detail=detail)
