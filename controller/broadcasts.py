@@ -105,6 +105,7 @@ def build_command(
     now: datetime,
     max_expires_in: int,
     supersedes: list[str] | None = None,
+    not_before: datetime | None = None,
 ) -> Command:
     issuer_region = request.issuer_region or county_region
     if not issuer_region.startswith(county_region):
@@ -122,7 +123,7 @@ def build_command(
         level=request.level,
         issuer_region=issuer_region,
         priority=command_priority(request.kind, request.level, issuer_region),
-        issued_at=now,
+        issued_at=max(now, not_before) if not_before is not None else now,
         expires_at=expires_at,
         content=Content(text=request.text, language=request.language, audio=request.audio),
         volume=request.volume,
@@ -192,7 +193,11 @@ def resolve_terminals(session: Session, regions: list[str]) -> dict[str, str]:
 
 
 def accept(
-    session: Session, request: BroadcastRequest, command: Command, updates: Broadcast | None = None
+    session: Session,
+    request: BroadcastRequest,
+    command: Command,
+    updates: Broadcast | None = None,
+    not_before: datetime | None = None,
 ) -> tuple[Broadcast, Target]:
     """Resolve the target, then store the broadcast and a pending delivery per terminal, atomically.
 
@@ -223,6 +228,7 @@ def accept(
         groups=sorted(set(request.groups)) or None,
         terminal_ids=target.terminals or None,
         supersedes=updates.id if updates is not None else None,
+        not_before=not_before,
         text=request.text,
         priority=command.priority,
         issued_at=command.issued_at,

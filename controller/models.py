@@ -120,6 +120,9 @@ class Broadcast(SQLModel, table=True):
         description="terminals addressed one by one (outside its regions), on their own topics",
     )
     supersedes: str | None = Field(default=None, max_length=64, description="the broadcast it updates")
+    not_before: datetime | None = _utc_column(
+        default=None, description="staged ahead (a scheduled run): not published before this time"
+    )
     superseded_by: str | None = Field(default=None, max_length=64, description="the update that replaced it")
     text: str | None = None
     priority: int

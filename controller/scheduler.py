@@ -1,9 +1,11 @@
 """Playing schedules: each run becomes a broadcast at its time, exactly once.
 
-The scheduler keeps the next run of every enabled schedule in a heap and sleeps until the
-earliest. A run is claimed by inserting its `ScheduleRun` row (schedule, due time) before anything
-is sent: the primary key makes a second claim fail, so a run is played once even with several
-controllers, or a restart in the middle.
+The scheduler keeps the next run of every enabled schedule in a heap. `lookahead` (30 s) before a
+run is due it stages it: claims the run by inserting its `ScheduleRun` row (schedule, due time;
+the primary key makes a second claim fail, so a run is played once even with several controllers
+or a restart in the middle), and stores its broadcast with every delivery, `not_before` its time.
+At its time it only has to publish, which takes milliseconds even when a thousand villages have
+their programmes at 06:30. A staged run whose controller stopped is published by the next one.
 
 On start-up, runs missed while no controller was running are handled by each schedule's policy:
 `skip` records the latest missed run as skipped; `grace` plays it, late, if it is no more than
@@ -22,7 +24,7 @@ from functools import partial
 from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from controller.models import Broadcast, Programme, Schedule, ScheduleRun
 from controller.schedules import enabled_schedules, last_runs, next_run, occurrences
@@ -53,13 +55,27 @@ class SystemClock:
 
 
 Play = Callable[[Schedule, Programme, datetime], Awaitable[Broadcast]]
-"""Broadcast one run of a schedule (the controller's submit, with the programme's content)."""
+"""Store one run of a schedule as a broadcast, staged until its time (the controller's submit)."""
+Release = Callable[[str], Awaitable[None]]
+"""Publish a staged broadcast (the controller's release)."""
+LOOKAHEAD = timedelta(seconds=30)
 
 
 class Scheduler:
-    def __init__(self, writer: DbWriter, play: Play, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        writer: DbWriter,
+        play: Play,
+        release: Release,
+        clock: Clock | None = None,
+        lookahead: timedelta = LOOKAHEAD,
+    ) -> None:
         self._writer = writer
         self._play = play
+        self._release = release
+        self._lookahead = lookahead
+        self._releases: set[asyncio.Task[None]] = set()
+        self._never = asyncio.Event()
         self.clock: Clock = clock or SystemClock()
         self._changed = asyncio.Event()
         self._heap: list[tuple[datetime, str]] = []
@@ -72,22 +88,27 @@ class Scheduler:
         self._changed.set()
 
     async def run(self) -> None:
-        await self._catch_up()
-        while True:
-            self._changed.clear()
-            await self._load(self.clock.now())
-            while not self._changed.is_set():
-                if not self._heap:
-                    await self._changed.wait()
-                    break
-                due, schedule_id = self._heap[0]
-                await self.clock.sleep_until(due, self._changed)
-                if self._changed.is_set():
-                    break
-                if self.clock.now() < due:
-                    continue
-                heapq.heappop(self._heap)
-                await self._run_once(schedule_id, due)
+        try:
+            for schedule_id, due, broadcast_id in await self._writer.call(_staged_runs):
+                self._arm(schedule_id, due, broadcast_id)
+            await self._catch_up()
+            while True:
+                self._changed.clear()
+                await self._load(self.clock.now())
+                while not self._changed.is_set():
+                    if not self._heap:
+                        await self._changed.wait()
+                        break
+                    await self.clock.sleep_until(self._heap[0][0] - self._lookahead, self._changed)
+                    while not self._changed.is_set() and self._heap:
+                        due, schedule_id = self._heap[0]
+                        if due - self._lookahead > self.clock.now():
+                            break
+                        heapq.heappop(self._heap)
+                        await self._run_once(schedule_id, due)
+        finally:
+            for task in self._releases:
+                task.cancel()
 
     async def _load(self, now: datetime) -> None:
         schedules = await self._writer.call(enabled_schedules)
@@ -109,6 +130,7 @@ class Scheduler:
         await self._fire(schedule, due)
 
     async def _fire(self, schedule: Schedule, due: datetime, late: bool = False) -> None:
+        """Claim the run and stage its broadcast; a timer publishes it at its time."""
         started = self.clock.now()
         claimed = await self._writer.call(lambda session: _claim(session, schedule.id, due, started))
         if claimed is None:
@@ -124,8 +146,6 @@ class Scheduler:
                 partial(_finish, schedule_id=schedule.id, due=due, outcome="failed", detail=str(exc))
             )
             return
-        self.played.append((schedule.id, due, self.clock.now()))
-        del self.played[:-10_000]
         detail = f"played {(started - due).total_seconds():.0f} s late" if late else None
         await self._writer.call(
             partial(
@@ -133,10 +153,37 @@ class Scheduler:
                 schedule_id=schedule.id,
                 due=due,
                 broadcast_id=broadcast.id,
-                outcome="played",
+                outcome="staged",
                 detail=detail,
             )
         )
+        self._arm(schedule.id, due, broadcast.id, detail)
+
+    def _arm(self, schedule_id: str, due: datetime, broadcast_id: str, detail: str | None = None) -> None:
+        async def at_its_time() -> None:
+            await self.clock.sleep_until(due, self._never)
+            await self._release(broadcast_id)
+            self.played.append((schedule_id, due, self.clock.now()))
+            del self.played[:-10_000]
+            await self._writer.call(
+                partial(
+                    _finish,
+                    schedule_id=schedule_id,
+                    due=due,
+                    broadcast_id=broadcast_id,
+                    outcome="played",
+                    detail=detail,
+                )
+            )
+
+        task = asyncio.create_task(at_its_time())
+        self._releases.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releases.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a scheduled run failed", exc_info=task.exception())
 
     async def _catch_up(self) -> None:
         """Apply each schedule's missed-run policy to the runs missed while no controller ran."""
@@ -184,6 +231,16 @@ def _finish(
         run.broadcast_id, run.outcome, run.detail = broadcast_id, outcome, (detail or "")[:500] or None
         session.add(run)
         session.commit()
+
+
+def _staged_runs(session: Session) -> list[tuple[str, datetime, str]]:
+    """Runs staged by a controller that stopped before their time: (schedule, due, broadcast)."""
+    query = select(ScheduleRun).where(
+        ScheduleRun.outcome == "staged", col(ScheduleRun.broadcast_id).is_not(None)
+    )
+    return [
+        (run.schedule_id, run.due_at, run.broadcast_id) for run in session.exec(query) if run.broadcast_id
+    ]
 
 
 def _skip(session: Session, *, schedule_id: str, due: datetime, at: datetime, detail: str) -> None:

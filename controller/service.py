@@ -122,7 +122,7 @@ class Controller:
         )
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
-        self.scheduler = Scheduler(self.writer, self._play_scheduled, clock)
+        self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, clock)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
         self.dispatcher: Dispatcher | None = None
@@ -191,11 +191,16 @@ class Controller:
             await _step("stop the embedded broker", asyncio.to_thread(self.broker.stop))
         self.engine.dispose()
 
-    async def submit(self, request: BroadcastRequest, updates: str | None = None) -> Broadcast:
+    async def submit(
+        self, request: BroadcastRequest, updates: str | None = None, not_before: datetime | None = None
+    ) -> Broadcast:
         """Accept, persist and publish a broadcast; raises BroadcastRejected or NotAccepting.
 
         With `updates`, the broadcast is an update of that one (which it supersedes if it is still
         going); raises BroadcastNotFound, or BroadcastConflict if that one was cancelled or updated.
+        With `not_before` in the future it is staged: stored and tracked now, and published at that
+        time by `release` (or, after a restart, by the sweep), so the database work of a scheduled
+        run is done before its time, not at it.
         """
         if not self.accepting or self.dispatcher is None:
             raise NotAccepting("the controller is not accepting broadcasts")
@@ -216,8 +221,10 @@ class Controller:
                 now=now,
                 max_expires_in=self.settings.max_expires_in_s,
                 supersedes=ended or None,
+                not_before=not_before,
             )
-            return accept(session, request, command, updates=earlier)
+            staged = not_before if not_before is not None and not_before > now else None
+            return accept(session, request, command, updates=earlier, not_before=staged)
 
         broadcast, target = await self.writer.call(store)
         self.metrics.broadcasts_accepted.labels(broadcast.kind).inc()
@@ -238,6 +245,12 @@ class Controller:
         await self.dispatcher.publish(live)
         broadcast.state = live.state
         return broadcast
+
+    async def release(self, broadcast_id: str) -> None:
+        """Publish a staged broadcast now that its time has come."""
+        live = self.tracker.find(broadcast_id)
+        if live is not None and self.dispatcher is not None:
+            await self.dispatcher.publish(live, its_time=True)
 
     async def speak(self, text: str, language: str, speed: int | None = None) -> Speech:
         """Speech for `text` from the offline engine (cached); raises SpeechUnavailable or SpeechFailed."""
@@ -273,7 +286,7 @@ class Controller:
                 "expires_at": due + timedelta(seconds=schedule.expires_in_s),
             }
         )
-        return await self.submit(request)
+        return await self.submit(request, not_before=due)
 
     async def cancel(self, broadcast_id: str) -> Broadcast:
         """Cancel a broadcast: stored first, then sent to its regions (and later to stragglers).
@@ -481,5 +494,6 @@ def _live(
         states=states,
         state=BroadcastState(broadcast.state),
         resumable=broadcast.kind == BroadcastKind.PROGRAMME,
+        not_before=broadcast.not_before,
         owed_cancel=owed_cancel or set(),
     )

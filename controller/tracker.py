@@ -50,6 +50,8 @@ class LiveBroadcast:
     """terminals addressed one by one at the first publish (outside `regions`)"""
     resumable: bool = False
     """a programme: a terminal resumes it after a pre-emption, so `preempted` is not final before expiry"""
+    not_before: datetime | None = None
+    """staged ahead of its time (a scheduled run): published then, not before"""
     supersedes: list[str] = field(default_factory=list)
     """the earlier broadcasts its command ends on every terminal that takes it"""
     open: int = field(init=False)

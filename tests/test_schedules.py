@@ -15,6 +15,7 @@ from controller.programmes import add_programme
 from controller.schedules import ScheduleSpec, save_schedule
 from controller.service import Controller
 from controller.settings import Settings
+from controller.terminals import TerminalSpec
 from devices.messages import now_utc
 from tests.clock import FakeClock
 from tests.conftest import make_settings
@@ -202,6 +203,7 @@ async def test_runs_happen_at_their_times_and_once(sqlite_url: str, embedded_bro
         assert [r.due_at for r in done] == [first, first + timedelta(hours=1), first + timedelta(hours=2)]
         made = {b.id: b for b in await broadcasts(controller)}
         assert [made[r.broadcast_id].kind for r in done if r.broadcast_id] == ["programme"] * 3
+        assert all(made[r.broadcast_id].state != "accepted" for r in done if r.broadcast_id)
         assert all(
             made[r.broadcast_id].expires_at == r.due_at + timedelta(seconds=1800)
             for r in done
@@ -340,3 +342,39 @@ async def test_uploads_are_checked_by_content_and_size(live: LiveServer, tmp_pat
     assert big.status_code == 413
     assert len((await live.http.get("/api/v1/programmes")).json()) == 1
     assert (await live.http.get("/media/../../etc/passwd")).status_code == 404
+
+
+async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_next_controller(
+    sqlite_url: str, embedded_broker: Any
+) -> None:
+    settings = make_settings(sqlite_url, embedded_broker.url)
+    clock = FakeClock(now_utc().replace(microsecond=0))
+    controller = await started(settings, clock)
+    due = clock.now() + timedelta(minutes=2)
+    try:
+        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
+        schedule_id = await add_schedule(controller, clock.now(), start=local(due))
+        clock.advance(timedelta(minutes=1, seconds=40))
+
+        async def staged() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
+
+        await eventually(staged, timeout=10)
+        [broadcast] = await broadcasts(controller)
+        assert broadcast.state == "accepted" and broadcast.not_before == due
+    finally:
+        await controller.stop()
+    controller = await started(settings, clock)
+    try:
+        await asyncio.sleep(0.3)
+        assert [b.state for b in await broadcasts(controller)] == ["accepted"]
+        clock.advance(timedelta(seconds=20))
+
+        async def played() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["played"]
+
+        await eventually(played, timeout=10)
+        live = controller.tracker.find(broadcast.id)
+        assert live is not None and live.state.value == "active"
+    finally:
+        await controller.stop()
