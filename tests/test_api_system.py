@@ -9,6 +9,7 @@ async def test_healthz_is_ok_when_database_and_broker_answer(live: LiveServer) -
     response = await live.http.get("/healthz")
     assert response.status_code == 200
     assert response.json()["mqtt"] == "connected" and response.json()["database"] == "ok"
+    assert "speech" in response.json()
 
 
 async def test_metrics_are_prometheus_text_without_terminal_ids(live: LiveServer) -> None:

@@ -21,6 +21,8 @@ def healthz(response: Response, session: SessionDep, controller: ControllerDep) 
     checks["accepting"] = controller.accepting
     checks["write_backlog"] = controller.writer.backlog
     checks["failed_tasks"] = controller.failed_tasks
+    # Not a failure: without an engine text goes out as text, for terminals that speak it.
+    checks["speech"] = controller.speech.describe()
     healthy = (
         checks["mqtt"] == "connected"
         and checks["database"] == "ok"
