@@ -11,6 +11,7 @@ from api.routes import (
     broadcast_events,
     broadcasts,
     groups,
+    media,
     programmes,
     regions,
     schedules,
@@ -54,7 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(groups.router, prefix="/api/v1")
     app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(schedules.router, prefix="/api/v1")
-    app.include_router(programmes.router)
+    app.include_router(programmes.router, prefix="/api/v1")
+    app.include_router(media.router)
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)
 

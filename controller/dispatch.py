@@ -11,7 +11,6 @@ so sending again is how acknowledgements lost on the way are recovered too.
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 
 from controller.bus import BusUnavailable, MqttBus
 from controller.metrics import Metrics
@@ -23,8 +22,6 @@ from devices.topics import TopicScheme
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
-# A staged broadcast may go out this much before its time: the scheduler's timer is not exact.
-STAGED_EARLY = timedelta(milliseconds=50)
 # Per-terminal sends in flight at once: enough to keep the broker busy, few enough that a
 # reconnect with a county's worth of unfinished deliveries does not flood the client's queue.
 RESEND_CONCURRENCY = 200
@@ -40,12 +37,12 @@ class Dispatcher:
 
     async def publish(self, live: LiveBroadcast, *, its_time: bool = False) -> None:
         """First delivery to every target region; if the broker fails, `retry_unpublished` tries again.
-        A broadcast staged for later is published before its time only when the scheduler says its
-        time has come (`its_time`: by the scheduler's clock)."""
+        A broadcast staged by the scheduler is published only when the scheduler says its time has
+        come (`its_time`): the scheduler owns it, and may withdraw it instead."""
         lock = self._region_lock(live.id)
         if live.open == 0 or lock.locked():
             return
-        if not its_time and live.not_before is not None and now_utc() < live.not_before - STAGED_EARLY:
+        if not its_time and live.not_before is not None:
             return
         async with lock:
             if live.state is BroadcastState.ACCEPTED:

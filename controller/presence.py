@@ -55,6 +55,8 @@ class TerminalPresence:
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
     changes: deque[datetime] = field(default_factory=deque)
     flapping: bool = False
+    silent: bool = False
+    """offline because its heartbeats stopped, though its connection's retained birth still says online"""
 
 
 class StatusOutcome(NamedTuple):
@@ -144,6 +146,11 @@ class PresenceTracker:
         if not birth and entry.session is not None and status.session < entry.session:
             return StatusOutcome(rejection=STALE_SESSION)
         entry.last_seen = at
+        if birth and entry.silent and status.session == entry.session:
+            # The same connection's retained birth again (the controller reconnected): the terminal
+            # is still the one that went quiet; only a heartbeat or a new connection brings it back.
+            return StatusOutcome()
+        entry.silent = False
         entry.heartbeat_interval_s = status.heartbeat_interval_s
         if entry.presence == status.state.value and entry.session == status.session:
             return StatusOutcome()
@@ -161,6 +168,7 @@ class PresenceTracker:
             self._stranger(heartbeat.terminal_id, at, None)
             return UNKNOWN_TERMINAL
         entry.last_seen, entry.last_heartbeat = at, heartbeat
+        entry.silent = False
         if entry.presence != Presence.ONLINE:
             self._change(heartbeat.terminal_id, entry, Presence.ONLINE.value, Why.HEARTBEAT, at)
         return None
@@ -177,6 +185,7 @@ class PresenceTracker:
             if entry.presence == Presence.ONLINE and entry.last_seen is not None:
                 allowed = timedelta(seconds=entry.heartbeat_interval_s * self._misses)
                 if now - entry.last_seen > allowed:
+                    entry.silent = True
                     self._change(terminal_id, entry, Presence.OFFLINE.value, Why.HEARTBEAT_TIMEOUT, now)
             if entry.flapping and (not entry.changes or now - entry.changes[-1] >= self._flap_window):
                 entry.flapping = False

@@ -70,6 +70,9 @@ def content_of(programme: Programme, media_url: str) -> Content:
     audio = None
     if programme.media is not None and programme.media_size and programme.media_sha256:
         audio = AudioRef(
-            url=f"{media_url}/{programme.media}", size=programme.media_size, sha256=programme.media_sha256
+            url=f"{media_url}/{programme.media}",
+            size=programme.media_size,
+            sha256=programme.media_sha256,
+            duration_s=programme.duration_s,
         )
     return Content(text=programme.text, language=programme.language, audio=audio)

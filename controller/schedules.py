@@ -10,6 +10,8 @@ have them) daylight-saving changes. Examples, with `start` giving the first date
 - once: no `rrule`
 """
 
+import bisect
+import itertools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +31,7 @@ from devices.messages import RegionCode
 from devices.priority import BroadcastKind
 
 CONFLICT_HORIZON = timedelta(days=14)
+MIN_INTERVAL = timedelta(minutes=5)
 MAX_OCCURRENCES = 20_000
 # Broadcast Mandarin is about 4 characters a second; a programme without audio lasts that long.
 _CHARS_PER_S = 4.0
@@ -68,6 +71,10 @@ class ScheduleSpec(BaseModel):
             raise ValueError("until is before start: the schedule would end before it begins")
         if self.missed == "grace" and self.grace_s == 0:
             raise ValueError("missed=grace needs grace_s, the lateness still worth playing (seconds)")
+        if self.grace_s > self.expires_in_s:
+            raise ValueError(
+                "grace_s is longer than expires_in_s: a run that late would already have expired"
+            )
         return self
 
 
@@ -103,39 +110,53 @@ def recurrence(schedule: Schedule) -> rrule | None:
 
 def occurrences(schedule: Schedule, after: datetime, before: datetime) -> list[datetime]:
     """Runs strictly after `after` and at or before `before` (aware), as UTC times."""
-    zone = zone_of(schedule.timezone)
-    local_after = after.astimezone(zone).replace(tzinfo=None)
-    local_before = before.astimezone(zone).replace(tzinfo=None)
-    if schedule.until is not None:
-        local_before = min(local_before, schedule.until)
-    rule = recurrence(schedule)
-    if rule is None:
-        local = [schedule.start] if local_after < schedule.start <= local_before else []
-    else:
-        local = []
-        for moment in rule.xafter(local_after, count=MAX_OCCURRENCES, inc=False):
-            if moment > local_before:
-                break
-            local.append(moment)
-    return [moment.replace(tzinfo=zone).astimezone(UTC) for moment in local]
+    return _runs(schedule, after, before=before, count=MAX_OCCURRENCES)
+
+
+def occurrences_limited(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    """The next `count` runs strictly after `after`, as UTC times."""
+    return _runs(schedule, after, before=None, count=count)
 
 
 def next_run(schedule: Schedule, after: datetime) -> datetime | None:
-    """The first run strictly after `after`, if there is one within the next ten years."""
+    """The first run strictly after `after`, if there is one."""
     runs = occurrences_limited(schedule, after, 1)
     return runs[0] if runs else None
 
 
-def occurrences_limited(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+# A later occurrence of each recurrence to expand it from: dateutil walks from DTSTART every time,
+# which for an hourly rule started years ago is hundreds of milliseconds per question.
+_ANCHORS: dict[tuple[str, datetime], datetime] = {}
+_ANCHORS_MAX = 100_000
+
+
+def _runs(schedule: Schedule, after: datetime, *, before: datetime | None, count: int) -> list[datetime]:
     zone = zone_of(schedule.timezone)
     local_after = after.astimezone(zone).replace(tzinfo=None)
+    local_before = before.astimezone(zone).replace(tzinfo=None) if before is not None else None
+    if schedule.until is not None:
+        local_before = schedule.until if local_before is None else min(local_before, schedule.until)
     rule = recurrence(schedule)
     if rule is None:
         local = [schedule.start] if schedule.start > local_after else []
     else:
-        local = list(rule.xafter(local_after, count=count, inc=False))
-    if schedule.until is not None:
-        local = [m for m in local if m <= schedule.until]
+        # Started from one of its own occurrences a rule gives the same sequence, unless a COUNT
+        # is counted from the first.
+        key = (schedule.rrule or "", schedule.start)
+        anchor = _ANCHORS.get(key)
+        if anchor is not None and anchor <= local_after and "COUNT=" not in key[0].upper():
+            rule = rule.replace(dtstart=anchor)
+        local = []
+        for moment in rule.xafter(local_after, count=count, inc=False):
+            if local_before is not None and moment > local_before:
+                break
+            local.append(moment)
+        if local and (anchor is None or anchor < local[0]):
+            if len(_ANCHORS) >= _ANCHORS_MAX:
+                _ANCHORS.clear()
+            _ANCHORS[key] = local[0]
+    if local_before is not None:
+        local = [m for m in local if m <= local_before]
     return [moment.replace(tzinfo=zone).astimezone(UTC) for moment in local]
 
 
@@ -168,7 +189,7 @@ class Conflict:
     overlaps: int
 
 
-def to_schedule(spec: ScheduleSpec, schedule_id: str, default_zone: str) -> Schedule:
+def to_schedule(spec: ScheduleSpec, schedule_id: str, default_zone: str, now: datetime) -> Schedule:
     schedule = Schedule(
         id=schedule_id,
         name=spec.name,
@@ -190,6 +211,13 @@ def to_schedule(spec: ScheduleSpec, schedule_id: str, default_zone: str) -> Sche
         raise ScheduleRejected(
             "the recurrence never occurs (e.g. 30 February, or an until before the first run)"
         )
+    upcoming = occurrences_limited(schedule, now, 3)
+    if not upcoming:
+        raise ScheduleRejected(
+            "the schedule has no run in the future: a single run in the past, or until has passed"
+        )
+    if any(b - a < MIN_INTERVAL for a, b in itertools.pairwise(upcoming)):
+        raise ScheduleRejected(f"runs are less than {MIN_INTERVAL.seconds // 60} minutes apart")
     return schedule
 
 
@@ -208,7 +236,7 @@ def save_schedule(
     existing = session.get(Schedule, schedule_id) if schedule_id is not None else None
     if schedule_id is not None and existing is None:
         raise ScheduleNotFound(f"no schedule {schedule_id!r}")
-    schedule = to_schedule(spec, schedule_id or "s" + secrets.token_hex(8), default_zone)
+    schedule = to_schedule(spec, schedule_id or "s" + secrets.token_hex(8), default_zone, now)
     try:
         terminals = set(resolve_target(session, request_for(schedule, programme), issuer_region="").reached)
     except BroadcastRejected as exc:
@@ -239,17 +267,24 @@ def conflicts(
         programme = session.get(Programme, other.programme_id)
         if programme is None:
             continue
-        shared = terminals & set(
-            resolve_target(session, request_for(other, programme), issuer_region="").reached
-        )
+        try:
+            reached = resolve_target(session, request_for(other, programme), issuer_region="").reached
+        except BroadcastRejected:
+            continue  # its target no longer resolves (a group deleted): it would not play either
+        shared = terminals & set(reached)
         if not shared:
             continue
-        theirs = occurrences(other, now - duration_of(programme), now + CONFLICT_HORIZON)
-        other_length = duration_of(programme)
-        overlapping = [a for a in mine for b in theirs if a < b + other_length and b < a + length]
+        their_length = duration_of(programme)
+        theirs = occurrences(other, now - their_length, now + CONFLICT_HORIZON)
+        overlapping = [a for a in mine if _overlaps(a, length, theirs, their_length)]
         if overlapping:
-            found.append(Conflict(other.id, other.name, len(shared), min(overlapping), len(overlapping)))
+            found.append(Conflict(other.id, other.name, len(shared), overlapping[0], len(overlapping)))
     return found
+
+
+def _overlaps(start: datetime, length: timedelta, others: list[datetime], other_length: timedelta) -> bool:
+    """Whether [start, start + length) meets any [b, b + other_length) of the sorted `others`."""
+    return bisect.bisect_left(others, start + length) > bisect.bisect_right(others, start - other_length)
 
 
 def get_schedule(session: Session, schedule_id: str) -> Schedule:

@@ -122,7 +122,7 @@ class Controller:
         )
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
-        self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, clock)
+        self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, self.cancel, clock)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
         self.dispatcher: Dispatcher | None = None
@@ -165,6 +165,12 @@ class Controller:
         self.accepting = True
         self._run("scheduler", self.scheduler.run())
         log.info("text to speech: %s", self.speech.describe())
+        if self.settings.public_url is None and self.settings.http_host in ("0.0.0.0", "::"):
+            log.warning(
+                "terminals are told to download audio from %s, which is their own loopback: "
+                "set CUNXIANG_PUBLIC_URL to the address they reach this controller at",
+                self.settings.media_url,
+            )
         if connect_timeout is not None:
             try:
                 await self.bus.wait_connected(connect_timeout)
@@ -174,6 +180,11 @@ class Controller:
                 )
 
     async def stop(self) -> None:
+        # The scheduler first, so no run is claimed and then refused because we stopped accepting.
+        scheduler = self._tasks.pop("scheduler", None)
+        if scheduler is not None:
+            scheduler.cancel()
+            await asyncio.gather(scheduler, return_exceptions=True)
         self.accepting = False
         if self.bus is not None:
             await _step("say goodbye on MQTT", self.bus.close())

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_expires_in_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     ack_clock_tolerance_s: Annotated[int, Field(ge=1)] = 3600
+    """an acknowledgement stamped further than this from the controller's clock is ignored as absurd"""
     heartbeat_misses: Annotated[int, Field(ge=1, le=100)] = 3
     """a terminal silent for this many of its heartbeat intervals is offline"""
     flap_changes: Annotated[int, Field(ge=2, le=1000)] = 5
@@ -52,12 +53,11 @@ class Settings(BaseSettings):
     """the controller's address as terminals reach it, for audio downloads; default http://HOST:PORT"""
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024
     tts_command: str | None = None
+    """the eSpeak NG program (default: espeak-ng on PATH)"""
     speak_alerts: bool = True
     """add the offline engine's speech to broadcasts that carry only text"""
-    """the eSpeak NG program (default: espeak-ng on PATH)"""
     timezone: str = "Asia/Shanghai"
     """the county's time zone, the default for schedules"""
-    """an acknowledgement stamped further than this from the controller's clock is ignored as absurd"""
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -85,8 +85,11 @@ class LiveBroadcast:
 
     def owes(self, terminal_id: str) -> bool:
         """Whether to send it again to this terminal (its birth, a reconnect): it has not finished
-        it, or is owed the cancel. Never a broadcast an update replaced: the update ends it."""
+        it, or is owed the cancel. Never a broadcast an update replaced (the update ends it), nor
+        one staged for later that has not gone out yet (the scheduler sends it at its time)."""
         if self.state is BroadcastState.SUPERSEDED or terminal_id not in self.states:
+            return False
+        if self.state is BroadcastState.ACCEPTED and self.not_before is not None:
             return False
         return not self.final(self.states[terminal_id]) or terminal_id in self.owed_cancel
 

@@ -210,14 +210,14 @@ async def test_speaker_fault_raises_and_clears_an_alarm_seen_in_the_api(live: Li
 
 async def test_a_terminal_that_stops_heartbeating_becomes_offline(live: LiveServer) -> None:
     await live.http.post("/api/v1/terminals", json=[{"id": "t-1", "region": "421202100001"}])
-    status = birth(interval=1).model_copy(update={"at": datetime.now(UTC)})
+    status = birth(interval=2).model_copy(update={"at": datetime.now(UTC)})
     await publish(live, [(live.topics.terminal_status("t-1"), encode(status), True)])
 
     async def presence_is(value: str) -> bool:
         return bool((await live.http.get("/api/v1/terminals/t-1")).json()["presence"] == value)
 
     await eventually(lambda: presence_is("online"))
-    await eventually(lambda: presence_is("offline"), timeout=10)
+    await eventually(lambda: presence_is("offline"), timeout=20)
     history = (await live.http.get("/api/v1/terminals/t-1")).json()["presence_history"]
     assert [(h["presence"], h["reason"]) for h in history][:2] == [
         ("offline", "heartbeat_timeout"),
@@ -265,3 +265,13 @@ async def test_a_terminal_whose_connection_dies_is_lost_by_its_will(live: LiveSe
 
 async def _wait_line(process: Any, text: str) -> None:
     await asyncio.to_thread(wait_for, follow(process), process, text, 60)
+
+
+async def test_the_retained_birth_of_a_terminal_gone_quiet_does_not_bring_it_back(writer: DbWriter) -> None:
+    presence = tracker(writer)
+    presence.on_status(birth(interval=10), AT)
+    presence.check(AT + timedelta(seconds=31))
+    assert presence.on_status(birth(interval=10), AT + timedelta(minutes=5)).new_birth is False
+    assert presence.get("t-1").presence == "offline"  # type: ignore[union-attr]
+    assert presence.on_status(birth(session=2, interval=10), AT + timedelta(minutes=6)).new_birth is True
+    assert presence.get("t-1").presence == "online"  # type: ignore[union-attr]

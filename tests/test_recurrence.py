@@ -10,6 +10,7 @@ from controller.models import Schedule
 from controller.schedules import ScheduleRejected, ScheduleSpec, occurrences, occurrences_limited, to_schedule
 
 SHANGHAI = "Asia/Shanghai"
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def schedule(start: str, rrule: str | None = None, **extra: Any) -> Schedule:
@@ -21,7 +22,7 @@ def schedule(start: str, rrule: str | None = None, **extra: Any) -> Schedule:
         rrule=rrule,
         **extra,
     )
-    return to_schedule(spec, "s1", SHANGHAI)
+    return to_schedule(spec, "s1", SHANGHAI, now=NOW)
 
 
 def utc(text: str) -> datetime:
@@ -87,10 +88,13 @@ def test_a_zone_with_daylight_saving_keeps_the_wall_clock_time() -> None:
         ("2026-12-01T06:30", "FREQ=SOMETIMES", {}, "impossible recurrence"),
         ("2026-12-01T06:30", "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", {}, "never occurs"),
         ("2026-12-01T06:30", "FREQ=DAILY", {"timezone": "Mars/Olympus_Mons"}, "unknown time zone"),
+        ("2026-11-01T06:30", None, {}, "no run in the future"),
+        ("2026-11-01T06:30", "FREQ=DAILY", {"until": datetime(2026, 11, 20)}, "no run in the future"),
+        ("2026-12-01T06:30", "FREQ=MINUTELY", {}, "less than 5 minutes apart"),
     ],
 )
 def test_a_recurrence_that_cannot_be_is_refused_with_the_reason(
-    start: str, rrule: str, extra: dict[str, Any], message: str
+    start: str, rrule: str | None, extra: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ScheduleRejected, match=message):
         schedule(start, rrule, **extra)
@@ -102,6 +106,7 @@ def test_a_recurrence_that_cannot_be_is_refused_with_the_reason(
         ({"until": datetime(2026, 11, 1)}, "until is before start"),
         ({"missed": "grace"}, "missed=grace needs grace_s"),
         ({"regions": []}, "the target is empty"),
+        ({"missed": "grace", "grace_s": 3600, "expires_in_s": 1800}, "grace_s is longer than expires_in_s"),
     ],
 )
 def test_a_schedule_that_makes_no_sense_is_refused(extra: dict[str, Any], message: str) -> None:
@@ -113,3 +118,12 @@ def test_a_schedule_that_makes_no_sense_is_refused(extra: dict[str, Any], messag
     }
     with pytest.raises(ValueError, match=message):
         ScheduleSpec(**(values | extra))
+
+
+def test_expanding_from_a_later_occurrence_gives_the_same_runs_as_from_the_start() -> None:
+    hourly = schedule("2023-01-01T00:15", "FREQ=HOURLY;INTERVAL=3")
+    first = occurrences(hourly, utc("2026-11-01T00:00"), utc("2026-11-02T00:00"))
+    again = occurrences(hourly, utc("2026-11-01T00:00"), utc("2026-11-02T00:00"))
+    later = occurrences(hourly, utc("2026-11-01T05:00"), utc("2026-11-02T00:00"))
+    assert first == again and later == [t for t in first if t > utc("2026-11-01T05:00")]
+    assert len(first) == 8

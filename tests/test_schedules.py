@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from controller.models import Broadcast, ScheduleRun
 from controller.programmes import add_programme
-from controller.schedules import ScheduleSpec, save_schedule
+from controller.schedules import ScheduleSpec, delete_schedule, save_schedule
 from controller.service import Controller
 from controller.settings import Settings
 from controller.terminals import TerminalSpec
@@ -180,6 +180,7 @@ async def runs(controller: Controller, schedule_id: str) -> list[ScheduleRun]:
 
 
 async def broadcasts(controller: Controller) -> list[Broadcast]:
+    await controller.writer.flush()
     return await controller.writer.call(lambda session: list(session.exec(select(Broadcast)).all()))
 
 
@@ -341,7 +342,9 @@ async def test_uploads_are_checked_by_content_and_size(live: LiveServer, tmp_pat
     )
     assert big.status_code == 413
     assert len((await live.http.get("/api/v1/programmes")).json()) == 1
-    assert (await live.http.get("/media/../../etc/passwd")).status_code == 404
+    assert (await live.http.get("/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd")).status_code == 404
+    assert live.controller.media.path("../" + ok.json()["media"]) is None
+    assert live.controller.media.path(ok.json()["media"]) is not None
 
 
 async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_next_controller(
@@ -376,5 +379,94 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
         await eventually(played, timeout=10)
         live = controller.tracker.find(broadcast.id)
         assert live is not None and live.state.value == "active"
+    finally:
+        await controller.stop()
+
+
+async def test_runs_due_while_the_scheduler_reloads_are_staged_not_lost(
+    sqlite_url: str, embedded_broker: Any
+) -> None:
+    settings = make_settings(sqlite_url, embedded_broker.url)
+    clock = FakeClock(now_utc().replace(microsecond=0))
+    controller = await started(settings, clock)
+    try:
+        due = clock.now() + timedelta(minutes=2)
+        ids = [await add_schedule(controller, clock.now(), start=local(due)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        # Time jumps past the staging window of all three while a reload is pending.
+        clock.advance(timedelta(minutes=2, seconds=5))
+        controller.scheduler.reload()
+
+        async def all_played() -> bool:
+            outcomes = [[r.outcome for r in await runs(controller, i)] for i in ids]
+            return outcomes == [["played"]] * 3
+
+        await eventually(all_played, timeout=10)
+    finally:
+        await controller.stop()
+
+
+async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
+    sqlite_url: str, embedded_broker: Any
+) -> None:
+    settings = make_settings(sqlite_url, embedded_broker.url)
+    clock = FakeClock(now_utc().replace(microsecond=0))
+    controller = await started(settings, clock)
+    try:
+        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
+        due = clock.now() + timedelta(minutes=2)
+        schedule_id = await add_schedule(controller, clock.now(), start=local(due))
+        clock.advance(timedelta(minutes=1, seconds=40))
+
+        async def staged() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
+
+        await eventually(staged, timeout=10)
+        await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
+        controller.scheduler.reload()
+
+        async def withdrawn() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["skipped"]
+
+        await eventually(withdrawn, timeout=10)
+        clock.advance(timedelta(minutes=1))
+        await asyncio.sleep(0.3)
+        [broadcast] = await broadcasts(controller)
+        assert broadcast.state in ("cancelling", "cancelled")
+        assert [r.detail for r in await runs(controller, schedule_id)] == [
+            "the schedule was disabled or deleted before its time"
+        ]
+    finally:
+        await controller.stop()
+
+
+async def test_a_staged_run_whose_time_passed_while_stopped_follows_the_skip_policy(
+    sqlite_url: str, embedded_broker: Any
+) -> None:
+    settings = make_settings(sqlite_url, embedded_broker.url)
+    clock = FakeClock(now_utc().replace(microsecond=0))
+    controller = await started(settings, clock)
+    due = clock.now() + timedelta(minutes=2)
+    try:
+        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
+        schedule_id = await add_schedule(controller, clock.now(), start=local(due), rrule="FREQ=DAILY")
+        clock.advance(timedelta(minutes=1, seconds=40))
+
+        async def staged() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
+
+        await eventually(staged, timeout=10)
+    finally:
+        await controller.stop()
+    later = FakeClock(due + timedelta(minutes=20))
+    controller = await started(settings, later)
+    try:
+
+        async def skipped() -> bool:
+            return [r.outcome for r in await runs(controller, schedule_id)] == ["skipped"]
+
+        await eventually(skipped, timeout=10)
+        [broadcast] = await broadcasts(controller)
+        assert broadcast.state in ("cancelling", "cancelled")
     finally:
         await controller.stop()

@@ -1,11 +1,11 @@
-"""The programme library (uploaded audio, or text spoken offline) and the media files terminals download."""
+"""The programme library: uploaded audio, or text spoken offline."""
 
+import asyncio
 import contextlib
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
 
 from api.deps import ControllerDep, SessionDep
@@ -14,7 +14,7 @@ from controller.models import Programme
 from controller.programmes import SpokenProgramme, add_programme, get_programme, list_programmes
 from controller.speech import SpeechUnavailable
 
-router = APIRouter(tags=["programmes"])
+router = APIRouter(prefix="/programmes", tags=["programmes"])
 
 
 class ProgrammePublic(BaseModel):
@@ -32,7 +32,7 @@ class ProgrammePublic(BaseModel):
     created_at: datetime
 
 
-@router.post("/api/v1/programmes", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
 async def speak_programme(spec: SpokenProgramme, controller: ControllerDep) -> Programme:
     """A programme from text, spoken now by the offline engine (eSpeak NG) and kept as audio. Without
     an engine it is stored as text only (the answer has no `media`), for terminals that speak."""
@@ -52,8 +52,9 @@ async def speak_programme(spec: SpokenProgramme, controller: ControllerDep) -> P
     )
 
 
-@router.post("/api/v1/programmes/upload", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
+@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
 async def upload_programme(
+    request: Request,
     controller: ControllerDep,
     title: Annotated[str, Form(min_length=1, max_length=200)],
     file: Annotated[UploadFile, File(description="MP3, WAV or Ogg audio (checked by content)")],
@@ -62,35 +63,28 @@ async def upload_programme(
 ) -> Programme:
     """Upload recorded audio. 413 above CUNXIANG_MAX_UPLOAD_BYTES; 422 if it is not audio we can play."""
     limit = controller.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"the upload is larger than the {limit}-byte limit"
+        )
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, f"the file is larger than the {limit}-byte limit"
         )
-    info = inspect_audio(data, limit)
-    controller.media.put(data, info)
+    info = await asyncio.to_thread(inspect_audio, data, limit)
+    await asyncio.to_thread(controller.media.put, data, info)
     return await controller.writer.call(
         lambda session: add_programme(session, title, text=text or None, language=language, audio=info)
     )
 
 
-@router.get("/api/v1/programmes", response_model=list[ProgrammePublic])
+@router.get("", response_model=list[ProgrammePublic])
 def programmes(session: SessionDep, limit: int = 200) -> list[Programme]:
     return list_programmes(session, max(1, min(limit, 1000)))
 
 
-@router.get("/api/v1/programmes/{programme_id}", response_model=ProgrammePublic)
+@router.get("/{programme_id}", response_model=ProgrammePublic)
 def programme(programme_id: str, session: SessionDep) -> Programme:
     return get_programme(session, programme_id)
-
-
-@router.get("/media/{name}", response_class=FileResponse)
-def media(name: str, controller: ControllerDep) -> FileResponse:
-    """A media file by its content name (`<sha256>.<format>`), with range requests for resuming."""
-    path = controller.media.path(name)
-    if path is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no media {name!r}")
-    media_type = {"mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg"}[path.suffix[1:]]
-    return FileResponse(
-        path, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"}
-    )
