@@ -77,6 +77,8 @@ class FanoutResult:
     received_100_s: float | None = None
     completed_100_s: float | None = None
     acks_per_s: float | None = None
+    resends: int | None = None
+    duplicates_ignored: int | None = None
     acks_committed: int = 0
     commit_batches: int = 0
     peak_rss_mb: float | None = None
@@ -207,6 +209,14 @@ async def register(client: httpx.AsyncClient, specs: list[SimulatedSpec]) -> Non
         response = await client.post("/api/v1/terminals", json=body)
         if response.status_code != 200:
             raise BenchError(f"POST /api/v1/terminals answered {response.status_code}: {response.text}")
+
+
+def metric_total(exposition: str, name: str) -> int | None:
+    """The value of an unlabelled counter in Prometheus text exposition, None if absent."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def read_command_times(workdir: Path, processes: int) -> dict[str, float]:
@@ -386,6 +396,9 @@ async def run_fanout(
         completed = await follow(controller, result, broadcast_id, posted + 60.0 + playback + 0.05 * n)
         result.cpu_s = cpu_used(cpu_before, cpu_snapshot(pids), pids)
         result.peak_rss_mb = peak_rss_mb(controller.pid)
+        metrics = (await controller.client.get("/metrics")).text
+        result.resends = metric_total(metrics, "cunxiang_delivery_retries_total")
+        result.duplicates_ignored = metric_total(metrics, "cunxiang_delivery_transitions_ignored_total")
         rate = ingest_rate(await controller.commits(), since=t0.timestamp())
         result.acks_per_s, result.acks_committed, result.commit_batches = rate.per_s, rate.acks, rate.batches
         rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
@@ -455,6 +468,10 @@ def print_table(result: FanoutResult) -> None:
         "after t0; rate = all but the first batch's / (last commit - first commit)"
     )
     print(f"  peak RSS: VmHWM of the controller's process ({result.broker} broker)")
+    print(
+        f"  commands sent again to terminals whose `received` was overdue: {result.resends}; "
+        f"acknowledgements ignored as repeats: {result.duplicates_ignored}"
+    )
     if result.command_s:
         spread = " / ".join(_seconds(v) for v in result.command_s.values())
         print(

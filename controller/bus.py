@@ -9,9 +9,9 @@ Receiving is the controller's hot path (a county's acknowledgements arrive at on
 things make it cheaper than aiomqtt's defaults, without changing what is received or in which
 order:
 
-- each message goes to `on_message` as paho-mqtt reads it (through aiomqtt's `queue_type` hook),
-  instead of through aiomqtt's queue and `messages` iterator, which cost an asyncio task and a
-  wait per message;
+- once connected, each message goes to `on_message` as paho-mqtt reads it (`_Inbox`, through
+  aiomqtt's `queue_type` hook), instead of through aiomqtt's queue and `messages` iterator, which
+  cost an asyncio task and a wait per message;
 - paho-mqtt reads each packet's fixed header one byte per `recv` call, so the connection's socket
   is wrapped in `_BufferedSocket`, which reads up to 64 KB at a time and says how much it holds
   (`pending()`, which aiomqtt already asks of TLS sockets), so that one readiness event of the
@@ -127,18 +127,43 @@ def _buffer_reads(client: aiomqtt.Client) -> None:
     paho._sock = _BufferedSocket(sock)  # type: ignore[union-attr]
 
 
-def _direct_queue(on_message: OnMessage) -> "type[asyncio.Queue[aiomqtt.Message]]":
-    """A queue type for aiomqtt that hands each message to `on_message` instead of queueing it."""
+class _Inbox:
+    """Where aiomqtt puts each message it receives (as its queue, through `queue_type`).
 
-    class DirectQueue(asyncio.Queue[aiomqtt.Message]):
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            try:
-                on_message(str(item.topic), bytes(item.payload))
-            except Exception:
-                # Never into paho's read loop: aiomqtt would take it for a broken connection.
-                log.exception("failed to handle MQTT message on %s", item.topic)
+    Until `open()` the messages are held, as aiomqtt's own queue held them until the session loop
+    read it: those that arrive while the session is being set up (retained statuses, after the
+    SUBSCRIBE) are handled once the bus is connected, in order. From then on each is handed to
+    `on_message` as paho reads it, instead of through aiomqtt's queue and `messages` iterator,
+    which cost an asyncio task and a wait per message.
+    """
 
-    return DirectQueue
+    def __init__(self, on_message: OnMessage) -> None:
+        self._on_message = on_message
+        self._held: list[aiomqtt.Message] | None = []
+
+    def put(self, message: aiomqtt.Message) -> None:
+        if self._held is not None:
+            self._held.append(message)
+            return
+        try:
+            self._on_message(str(message.topic), bytes(message.payload))
+        except Exception:
+            # Never into paho's read loop: aiomqtt would take it for a broken connection.
+            log.exception("failed to handle MQTT message on %s", message.topic)
+
+    def open(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self.put(message)
+
+    def queue_type(self) -> "type[asyncio.Queue[aiomqtt.Message]]":
+        inbox = self
+
+        class InboxQueue(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                inbox.put(item)
+
+        return InboxQueue
 
 
 class MqttBus:
@@ -198,6 +223,7 @@ class MqttBus:
             will = aiomqtt.Will(
                 self._status_topic, self._status_payload("lost", self._session), qos=1, retain=True
             )
+            inbox = _Inbox(self._on_message)
             try:
                 async with aiomqtt.Client(
                     self.address.host,
@@ -210,7 +236,7 @@ class MqttBus:
                     will=will,
                     max_inflight_messages=1000,
                     timeout=10,
-                    queue_type=_direct_queue(self._on_message),
+                    queue_type=inbox.queue_type(),
                 ) as client:
                     _buffer_reads(client)
                     await client.publish(
@@ -226,8 +252,9 @@ class MqttBus:
                     self._connected.set()
                     log.info("connected to MQTT broker %s as %s", self.address, self._client_id)
                     self._on_connected()
-                    # Messages go to on_message as they are read (DirectQueue); this only waits
-                    # for the connection to end, and raises MqttError when it does.
+                    inbox.open()
+                    # Messages go to on_message as they are read (_Inbox); this only waits for
+                    # the connection to end, and raises MqttError when it does.
                     async for message in client.messages:
                         self._on_message(str(message.topic), bytes(message.payload))  # pragma: no cover
             except Exception as exc:

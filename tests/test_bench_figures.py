@@ -1,11 +1,14 @@
-"""The benchmarks' arithmetic: quantiles, the ingest rate from the writer's commit log, the profile
-summary, and the buffered socket under the controller's MQTT connection."""
+"""The benchmarks' arithmetic (quantiles, the ingest rate from the writer's commit log, the profile
+summary), and the two pieces of the controller's MQTT receive path they led to: the buffered
+socket and the inbox."""
 
+import aiomqtt
 import pytest
 
+from bench.fanout import metric_total
 from bench.harness import ingest_rate, quantile
 from bench.ingest import summarise_profile
-from controller.bus import READ_SIZE, _BufferedSocket
+from controller.bus import READ_SIZE, _BufferedSocket, _Inbox
 
 
 def test_quantile_is_the_time_by_which_that_share_of_all_n_had_happened() -> None:
@@ -122,3 +125,39 @@ def test_buffered_socket_reports_the_end_of_the_connection() -> None:
             return b""
 
     assert _BufferedSocket(Closed([])).recv(1) == b""
+
+
+def test_inbox_holds_messages_until_the_bus_is_connected_then_hands_them_over_in_order() -> None:
+    seen: list[tuple[str, bytes]] = []
+    inbox = _Inbox(lambda topic, payload: seen.append((topic, payload)))
+    queue = inbox.queue_type()()
+    queue.put_nowait(
+        aiomqtt.Message("cx/v1/terminal/a/status", b"1", qos=1, retain=True, mid=1, properties=None)
+    )
+    assert seen == []
+    inbox.open()
+    queue.put_nowait(
+        aiomqtt.Message("cx/v1/terminal/a/ack", b"2", qos=1, retain=False, mid=2, properties=None)
+    )
+    assert seen == [("cx/v1/terminal/a/status", b"1"), ("cx/v1/terminal/a/ack", b"2")]
+    assert queue.qsize() == 0
+
+
+def test_inbox_keeps_a_failing_handler_out_of_the_read_loop() -> None:
+    def fail(_topic: str, _payload: bytes) -> None:
+        raise RuntimeError("a defect of ours")
+
+    inbox = _Inbox(fail)
+    inbox.open()
+    inbox.put(aiomqtt.Message("cx/v1/terminal/a/ack", b"x", qos=1, retain=False, mid=1, properties=None))
+
+
+def test_metric_total_reads_an_unlabelled_counter_and_not_its_namesakes() -> None:
+    exposition = (
+        "# HELP cunxiang_delivery_retries_total Commands sent again\n"
+        "# TYPE cunxiang_delivery_retries_total counter\n"
+        "cunxiang_delivery_retries_total_extra 9.0\n"
+        "cunxiang_delivery_retries_total 1234.0\n"
+    )
+    assert metric_total(exposition, "cunxiang_delivery_retries_total") == 1234
+    assert metric_total(exposition, "cunxiang_missing_total") is None
