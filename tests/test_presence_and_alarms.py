@@ -218,6 +218,7 @@ async def test_a_terminal_that_stops_heartbeating_becomes_offline(live: LiveServ
 
     await eventually(lambda: presence_is("online"))
     await eventually(lambda: presence_is("offline"), timeout=20)
+    await live.controller.writer.flush()
     history = (await live.http.get("/api/v1/terminals/t-1")).json()["presence_history"]
     assert [(h["presence"], h["reason"]) for h in history][:2] == [
         ("offline", "heartbeat_timeout"),
@@ -255,6 +256,7 @@ async def test_a_terminal_whose_connection_dies_is_lost_by_its_will(live: LiveSe
         simulate.send_signal(signal.SIGKILL)
         simulate.wait(10)
         await eventually(lambda: presence_is("lost"), timeout=15)
+        await live.controller.writer.flush()
         history = (await live.http.get(f"/api/v1/terminals/{terminal}")).json()["presence_history"]
         assert (history[0]["presence"], history[0]["reason"]) == ("lost", "will")
     finally:
