@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, default=None, help="py-spy profile of the controller to this file"
     )
     ingest.add_argument("--json", type=Path, default=None)
+    heartbeats = bench_commands.add_parser(
+        "heartbeats", help="controller CPU and database writes per heartbeat, from a flood through Mosquitto"
+    )
+    from bench.heartbeats import add_arguments
+
+    add_arguments(heartbeats)
 
     args = parser.parse_args(argv)
     try:
@@ -133,6 +139,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.serve import load_regions
 
         return load_regions(settings, args.csv)
+    if args.bench_command == "heartbeats":
+        from bench.heartbeats import run_heartbeats_cli
+
+        return int(run_heartbeats_cli(args))
     if args.bench_command == "ingest":
         from bench.ingest import run_ingest_cli
 
