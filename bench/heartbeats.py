@@ -322,7 +322,8 @@ async def run_heartbeats(
         result.received = count - start_count
         if profiler is not None and profile is not None:
             await profiler.stop()  # its summary has the ingest benchmark's categories: ours instead
-            result.profile = summarise_profile(profile.read_text(encoding="utf-8"))
+            raw = await asyncio.to_thread(profile.read_text, encoding="utf-8")
+            result.profile = summarise_profile(raw)
         result.cpu_s = cpu_used(cpu_before, cpu_after, pids)
         statuses = await asyncio.gather(*(p.wait() for p in processes))
         if any(statuses):
