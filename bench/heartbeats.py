@@ -16,8 +16,9 @@ reach the database. This benchmark measures that:
    a fault that the terminal's next heartbeat reports gone;
 4. the flood ends when the controller's own count of heartbeats received
    (`cunxiang_mqtt_messages_received_total{channel="heartbeat"}` in `GET /metrics`, polled every
-   0.2 s) has grown by H: the controller handles each message completely when it reads it, and
-   the metrics are served by the same event loop, so by then it has handled them all;
+   0.2 s; with --rate, from 2 s before the last heartbeat is due) has grown by H: the controller
+   handles each message completely when it reads it, and the metrics are served by the same event
+   loop, so by then it has handled them all;
 5. then, with no traffic at all, the controller's CPU over --idle seconds: the cost of keeping N
    terminals (the once-a-second presence check over all of them, the writer's and MQTT's timers).
 
@@ -311,6 +312,10 @@ async def run_heartbeats(
         # The end: the controller's count of heartbeats received has grown by h (or stopped
         # growing for 5 s after the publishers finished: some were lost on the way).
         start_count = received(before)
+        if rate > 0:
+            # Paced: no polling (each GET /metrics costs the controller a few ms) until 2 s before
+            # the last heartbeat is due.
+            await asyncio.sleep(max(0.0, h / rate - 2.0))
         count, last_change, end = start_count, time.monotonic(), go_at
         while count - start_count < h:
             await asyncio.sleep(POLL_S)
