@@ -59,7 +59,7 @@ from bench.harness import (
     machine_info,
     peak_rss_mb,
 )
-from bench.heartbeat_publisher import MAX_FAULT_SHARE, fault_indices
+from bench.heartbeat_publisher import fault_indices
 from bench.ingest import Profiler, wait_files
 
 RECEIVED = "cunxiang_mqtt_messages_received_total"
@@ -407,7 +407,7 @@ def print_result(r: HeartbeatsResult) -> None:
         ("CPU s per 100,000 heartbeats", f"{r.cpu_s_per_100k}"),
         ("  less the idle cost", f"{r.cpu_s_per_100k_above_idle}"),
         (
-            "share of a core at 30 s",
+            "a core's share, N at 30 s",
             "—" if r.cpu_s_per_100k is None else f"{100 * core_share(r.cpu_s_per_100k, r.terminals):.1f}%",
         ),
         ("rows written per heartbeat", f"{r.rows_per_heartbeat}"),
@@ -440,24 +440,6 @@ def print_result(r: HeartbeatsResult) -> None:
 
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `cunxiang bench heartbeats`."""
-    parser.add_argument("--terminals", type=int, default=10_000)
-    parser.add_argument("--heartbeats", type=int, default=100_000)
-    parser.add_argument("--publishers", type=int, default=1, help="publisher processes")
-    parser.add_argument(
-        "--fault-share",
-        type=float,
-        default=0.0,
-        help=f"share of heartbeats (at most {MAX_FAULT_SHARE}) reporting a fault the next one clears",
-    )
-    parser.add_argument("--rate", type=float, default=0.0, help="heartbeats a second in all (0: flood)")
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU to measure after")
-    parser.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh controller")
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy profile of the flood to this file")
-    parser.add_argument("--json", type=Path, default=None)
 
 
 RETRIES = 2
