@@ -100,6 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, default=None, help="py-spy profile of the controller to this file"
     )
     ingest.add_argument("--json", type=Path, default=None)
+    heartbeats = bench_commands.add_parser(
+        "heartbeats", help="controller CPU and database writes per heartbeat, from a flood through Mosquitto"
+    )
+    heartbeats.add_argument("--terminals", type=int, default=10_000)
+    heartbeats.add_argument("--heartbeats", type=int, default=100_000)
+    heartbeats.add_argument("--publishers", type=int, default=1, help="publisher processes")
+    heartbeats.add_argument(
+        "--fault-share",
+        type=float,
+        default=0.0,
+        help="share of heartbeats (at most 0.25) reporting a fault that the terminal's next one clears",
+    )
+    heartbeats.add_argument("--rate", type=float, default=0.0, help="heartbeats a second in all (0: flood)")
+    heartbeats.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after")
+    heartbeats.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh controller")
+    heartbeats.add_argument("--profile", type=Path, default=None, help="py-spy profile of the flood")
+    heartbeats.add_argument("--json", type=Path, default=None)
 
     args = parser.parse_args(argv)
     try:
@@ -133,6 +150,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.serve import load_regions
 
         return load_regions(settings, args.csv)
+    if args.bench_command == "heartbeats":
+        from bench.heartbeats import run_heartbeats_cli
+
+        return int(run_heartbeats_cli(args))
     if args.bench_command == "ingest":
         from bench.ingest import run_ingest_cli
 
