@@ -179,6 +179,15 @@ async def runs(controller: Controller, schedule_id: str) -> list[ScheduleRun]:
     return await controller.writer.call(read)
 
 
+async def outcomes_become(controller: Controller, schedule_id: str, wanted: list[str]) -> None:
+    """Wait until the schedule's runs, oldest first, have these outcomes."""
+
+    async def reached() -> bool:
+        return [r.outcome for r in await runs(controller, schedule_id)] == wanted
+
+    await eventually(reached, timeout=10)
+
+
 async def broadcasts(controller: Controller) -> list[Broadcast]:
     await controller.writer.flush()
     return await controller.writer.call(lambda session: list(session.exec(select(Broadcast)).all()))
@@ -265,10 +274,7 @@ async def test_two_controllers_play_a_run_once(sqlite_url: str, embedded_broker:
         await asyncio.sleep(0.3)
         clock.advance(timedelta(minutes=1))
 
-        async def played() -> bool:
-            return [r.outcome for r in await runs(one, schedule_id)] == ["played"]
-
-        await eventually(played, timeout=10)
+        await outcomes_become(one, schedule_id, ["played"])
         await asyncio.sleep(0.5)
         assert len(await broadcasts(one)) == 1
     finally:
@@ -360,10 +366,7 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
         schedule_id = await add_schedule(controller, clock.now(), start=local(due))
         clock.advance(timedelta(minutes=1, seconds=40))
 
-        async def staged() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
-
-        await eventually(staged, timeout=10)
+        await outcomes_become(controller, schedule_id, ["staged"])
         [broadcast] = await broadcasts(controller)
         assert broadcast.state == "accepted" and broadcast.not_before == due
     finally:
@@ -374,10 +377,7 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
         assert [b.state for b in await broadcasts(controller)] == ["accepted"]
         clock.advance(timedelta(seconds=20))
 
-        async def played() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["played"]
-
-        await eventually(played, timeout=10)
+        await outcomes_become(controller, schedule_id, ["played"])
         live = controller.tracker.find(broadcast.id)
         assert live is not None and live.state.value == "active"
     finally:
@@ -419,17 +419,11 @@ async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
         schedule_id = await add_schedule(controller, clock.now(), start=local(due))
         clock.advance(timedelta(minutes=1, seconds=40))
 
-        async def staged() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
-
-        await eventually(staged, timeout=10)
+        await outcomes_become(controller, schedule_id, ["staged"])
         await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
         controller.scheduler.reload()
 
-        async def withdrawn() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["skipped"]
-
-        await eventually(withdrawn, timeout=10)
+        await outcomes_become(controller, schedule_id, ["skipped"])
         clock.advance(timedelta(minutes=1))
         await asyncio.sleep(0.3)
         [broadcast] = await broadcasts(controller)
@@ -453,20 +447,13 @@ async def test_a_staged_run_whose_time_passed_while_stopped_follows_the_skip_pol
         schedule_id = await add_schedule(controller, clock.now(), start=local(due), rrule="FREQ=DAILY")
         clock.advance(timedelta(minutes=1, seconds=40))
 
-        async def staged() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["staged"]
-
-        await eventually(staged, timeout=10)
+        await outcomes_become(controller, schedule_id, ["staged"])
     finally:
         await controller.stop()
     later = FakeClock(due + timedelta(minutes=20))
     controller = await started(settings, later)
     try:
-
-        async def skipped() -> bool:
-            return [r.outcome for r in await runs(controller, schedule_id)] == ["skipped"]
-
-        await eventually(skipped, timeout=10)
+        await outcomes_become(controller, schedule_id, ["skipped"])
         [broadcast] = await broadcasts(controller)
         assert broadcast.state in ("cancelling", "cancelled")
     finally:
