@@ -179,6 +179,16 @@ async def runs(controller: Controller, schedule_id: str) -> list[ScheduleRun]:
     return await controller.writer.call(read)
 
 
+async def stage_one(controller: Controller, clock: FakeClock, due: datetime, **spec: Any) -> str:
+    """A schedule for a village with a terminal, its run at `due` (two minutes ahead), and the
+    clock moved into that run's staging window; returns once it is staged."""
+    await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
+    schedule_id = await add_schedule(controller, clock.now(), start=local(due), **spec)
+    clock.advance(due - clock.now() - timedelta(seconds=20))
+    await outcomes_become(controller, schedule_id, ["staged"])
+    return schedule_id
+
+
 async def outcomes_become(controller: Controller, schedule_id: str, wanted: list[str]) -> None:
     """Wait until the schedule's runs, oldest first, have these outcomes."""
 
@@ -362,11 +372,7 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
     controller = await started(settings, clock)
     due = clock.now() + timedelta(minutes=2)
     try:
-        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
-        schedule_id = await add_schedule(controller, clock.now(), start=local(due))
-        clock.advance(timedelta(minutes=1, seconds=40))
-
-        await outcomes_become(controller, schedule_id, ["staged"])
+        schedule_id = await stage_one(controller, clock, due)
         [broadcast] = await broadcasts(controller)
         assert broadcast.state == "accepted" and broadcast.not_before == due
     finally:
@@ -414,12 +420,7 @@ async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
     clock = FakeClock(now_utc().replace(microsecond=0))
     controller = await started(settings, clock)
     try:
-        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
-        due = clock.now() + timedelta(minutes=2)
-        schedule_id = await add_schedule(controller, clock.now(), start=local(due))
-        clock.advance(timedelta(minutes=1, seconds=40))
-
-        await outcomes_become(controller, schedule_id, ["staged"])
+        schedule_id = await stage_one(controller, clock, clock.now() + timedelta(minutes=2))
         await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
         controller.scheduler.reload()
 
@@ -443,11 +444,7 @@ async def test_a_staged_run_whose_time_passed_while_stopped_follows_the_skip_pol
     controller = await started(settings, clock)
     due = clock.now() + timedelta(minutes=2)
     try:
-        await controller.register([TerminalSpec(id="t-1", region=VILLAGE)])
-        schedule_id = await add_schedule(controller, clock.now(), start=local(due), rrule="FREQ=DAILY")
-        clock.advance(timedelta(minutes=1, seconds=40))
-
-        await outcomes_become(controller, schedule_id, ["staged"])
+        schedule_id = await stage_one(controller, clock, due, rrule="FREQ=DAILY")
     finally:
         await controller.stop()
     later = FakeClock(due + timedelta(minutes=20))
