@@ -27,6 +27,9 @@ from devices.messages import Ack, AckReason, AckStage
 
 log = logging.getLogger(__name__)
 
+# What the controller handles on a small machine (docs/performance.md: about 5,000-7,000 a second).
+EXPECTED_ACKS_PER_S = 5000
+
 _TIMESTAMP_COLUMN = {
     DeliveryState.SENT: "sent_at",
     DeliveryState.RECEIVED: "received_at",
@@ -185,10 +188,13 @@ class DeliveryTracker:
 
     def schedule_retries(self, live: LiveBroadcast, terminal_ids: list[str], at: datetime) -> None:
         """After a send (or a failed attempt): when to try each terminal again if it stays silent."""
+        # A big broadcast's acknowledgements take a while to get through the broker and this
+        # process: retrying before they could have would only add to the queue they wait in.
+        first = self._retry_after + len(live.states) / EXPECTED_ACKS_PER_S
         for terminal_id in terminal_ids:
             if live.awaits(terminal_id):
                 sends = live.retries.get(terminal_id, (0, at))[0] + 1
-                delay = backoff_delay(sends, self._retry_after, self._retry_max)
+                delay = backoff_delay(sends, first, self._retry_max)
                 live.retries[terminal_id] = (sends, at + timedelta(seconds=delay))
 
     def cancel(self, live: LiveBroadcast, payload: bytes, cancel_id: str, at: datetime) -> None:
