@@ -100,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, default=None, help="py-spy profile of the controller to this file"
     )
     ingest.add_argument("--json", type=Path, default=None)
+    schedules = bench_commands.add_parser(
+        "schedules",
+        help="how close to their time scheduled programmes are published (burst, spread, restart)",
+    )
+    schedules.add_argument("--schedules", type=int, default=1000, help="schedules, one run each")
+    schedules.add_argument(
+        "--scenarios",
+        default="burst,spread,restart-term-45,restart-term-10,restart-kill-45,restart-kill-10",
+        help="comma-separated; restart-<term|kill>-<s>: stop the controller s seconds before the runs",
+    )
+    schedules.add_argument("--repeat", type=int, default=1, help="runs of each scenario")
+    schedules.add_argument("--lead-s", type=float, default=50.0, help="first run this long after saving")
+    schedules.add_argument("--spread-s", type=float, default=300.0, help="spread: runs over this many s")
+    schedules.add_argument("--per-village", type=int, default=2, help="terminals registered per village")
+    schedules.add_argument(
+        "--profile", type=Path, default=None, help="py-spy profiles to FILE-<scenario>-<n>.txt"
+    )
+    schedules.add_argument("--json", type=Path, default=None)
 
     args = parser.parse_args(argv)
     try:
@@ -133,6 +151,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.serve import load_regions
 
         return load_regions(settings, args.csv)
+    if args.bench_command == "schedules":
+        from bench.schedules import run_schedules_cli
+
+        return run_schedules_cli(args)
     if args.bench_command == "ingest":
         from bench.ingest import run_ingest_cli
 
