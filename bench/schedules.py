@@ -346,12 +346,14 @@ async def run_scenario(
         if response.status_code != 201:
             raise BenchError(f"POST /api/v1/schedules answered {response.status_code}: {response.text}")
         result.due_first = datetime.fromtimestamp(first, UTC).isoformat()
-        if time.time() > first - STAGING_MARGIN_S:
+        # Measured from before staging starts, or before the stop if that comes earlier.
+        since = first - max(STAGING_MARGIN_S, restart.before_s + 1 if restart is not None else 0.0)
+        if time.time() > since:
             raise BenchError(
                 f"the schedules were saved only {first - time.time():.1f} s before their time: raise --lead-s"
             )
 
-        await sleep_until(first - STAGING_MARGIN_S)
+        await sleep_until(since)
         pids = {"controller": [controller.pid], "listener": [listener.pid]}
         if mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]
