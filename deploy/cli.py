@@ -117,6 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     heartbeats.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh controller")
     heartbeats.add_argument("--profile", type=Path, default=None, help="py-spy profile of the flood")
     heartbeats.add_argument("--json", type=Path, default=None)
+    schedules = bench_commands.add_parser(
+        "schedules",
+        help="how close to their time scheduled programmes are published (burst, spread, restart)",
+    )
+    schedules.add_argument("--schedules", type=int, default=1000, help="schedules, one run each")
+    schedules.add_argument(
+        "--scenarios",
+        default="burst,spread,restart-term-45,restart-term-10,restart-kill-45,restart-kill-10",
+        help="comma-separated; restart-<term|kill>-<s>: stop the controller s seconds before the runs",
+    )
+    schedules.add_argument("--repeat", type=int, default=1, help="runs of each scenario")
+    schedules.add_argument("--lead-s", type=float, default=50.0, help="first run this long after saving")
+    schedules.add_argument("--spread-s", type=float, default=300.0, help="spread: runs over this many s")
+    schedules.add_argument("--per-village", type=int, default=2, help="terminals registered per village")
+    schedules.add_argument(
+        "--profile", type=Path, default=None, help="py-spy profiles to FILE-<scenario>-<n>.txt"
+    )
+    schedules.add_argument("--json", type=Path, default=None)
 
     args = parser.parse_args(argv)
     try:
@@ -154,6 +172,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from bench.heartbeats import run_heartbeats_cli
 
         return int(run_heartbeats_cli(args))
+    if args.bench_command == "schedules":
+        from bench.schedules import run_schedules_cli
+
+        return run_schedules_cli(args)
     if args.bench_command == "ingest":
         from bench.ingest import run_ingest_cli
 
