@@ -184,12 +184,24 @@ class Restart:
 
 
 def restart_of(scenario: str) -> Restart | None:
-    """`restart-term-45` → SIGTERM 45 s before the due time; None for other scenarios."""
+    """`restart-term-45` → SIGTERM 45 s before the due time; None for other scenarios; raises
+    ValueError for a malformed restart scenario."""
     if not scenario.startswith("restart-"):
         return None
-    _, how, before = scenario.split("-")
-    sig = {"term": signal.SIGTERM, "kill": signal.SIGKILL}[how]
-    return Restart(sig, float(before))
+    parts = scenario.split("-")
+    signals = {"term": signal.SIGTERM, "kill": signal.SIGKILL}
+    if len(parts) != 3 or parts[1] not in signals or not parts[2].isdigit():
+        raise ValueError(f"not a restart scenario: {scenario!r} (restart-<term|kill>-<seconds>)")
+    return Restart(signals[parts[1]], float(parts[2]))
+
+
+def known_scenario(scenario: str) -> bool:
+    if scenario in ("burst", "spread"):
+        return True
+    try:
+        return restart_of(scenario) is not None
+    except ValueError:
+        return False
 
 
 def targets(villages: list[str], n: int) -> list[str]:
@@ -528,9 +540,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 def run_schedules_cli(args: argparse.Namespace) -> int:
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    unknown = [s for s in scenarios if not known_scenario(s)]
     if unknown or args.schedules < 1 or args.repeat < 1:
-        print(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        print(f"unknown scenario(s) {unknown}; e.g. {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
     try:
         report = asyncio.run(

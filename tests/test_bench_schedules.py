@@ -11,6 +11,7 @@ from bench.schedules import (
     Arrival,
     Restart,
     due_times,
+    known_scenario,
     lateness,
     local_start,
     parse_arrivals,
@@ -94,6 +95,15 @@ def test_restart_scenarios_name_the_signal_and_how_long_before() -> None:
     assert restart_of("restart-term-45") == Restart(signal.SIGTERM, 45.0)
     assert restart_of("restart-kill-10") == Restart(signal.SIGKILL, 10.0)
     assert restart_of("burst") is None
+    with pytest.raises(ValueError):
+        restart_of("restart-stop-10")
+
+
+def test_any_restart_time_is_a_scenario_but_nothing_else_is() -> None:
+    assert known_scenario("restart-kill-25")
+    assert known_scenario("spread")
+    assert not known_scenario("restart-kill-soon")
+    assert not known_scenario("storm")
 
 
 def test_targets_use_every_village_before_reusing_one() -> None:
