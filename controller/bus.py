@@ -238,6 +238,9 @@ class MqttBus:
                     timeout=10,
                     queue_type=inbox.queue_type(),
                 ) as client:
+                    # aiomqtt warns for every publish beyond 10 in flight; a county's alert has
+                    # thousands in flight by design, up to the in-flight window.
+                    client.pending_calls_threshold = 1000
                     _buffer_reads(client)
                     await client.publish(
                         self._status_topic, self._status_payload("online", self._session), qos=1, retain=True

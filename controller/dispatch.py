@@ -39,10 +39,10 @@ class Dispatcher:
         """First delivery to every target region; if the broker fails, `retry_unpublished` tries again.
         A broadcast staged by the scheduler is published only when the scheduler says its time has
         come (`its_time`): the scheduler owns it, and may withdraw it instead."""
-        lock = self._region_lock(live.id)
-        if live.open == 0 or lock.locked():
+        if live.open == 0 or (not its_time and live.not_before is not None):
             return
-        if not its_time and live.not_before is not None:
+        lock = self._region_lock(live.id)
+        if lock.locked():
             return
         async with lock:
             if live.state is BroadcastState.ACCEPTED:
@@ -101,10 +101,14 @@ class Dispatcher:
         return list(await asyncio.gather(*(send(topic) for topic in topics)))
 
     def _region_lock(self, broadcast_id: str) -> asyncio.Lock:
-        for other, lock in list(self._region_locks.items()):
-            if other != broadcast_id and not lock.locked() and self._tracker.find(other) is None:
-                del self._region_locks[other]
         return self._region_locks.setdefault(broadcast_id, asyncio.Lock())
+
+    def forget_finished(self) -> None:
+        """Drop the locks of broadcasts that are over (once a sweep: per publish it would cost
+        a scan of every live broadcast, a thousand times over when a thousand runs start at once)."""
+        for broadcast_id, lock in list(self._region_locks.items()):
+            if not lock.locked() and self._tracker.find(broadcast_id) is None:
+                del self._region_locks[broadcast_id]
 
     async def resume(self) -> None:
         """After (re)connecting: publish what never was; resend to every terminal not yet finished."""

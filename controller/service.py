@@ -437,6 +437,7 @@ class Controller:
                     self.presence.check(now_utc())
                 if self.connected and self.dispatcher is not None:
                     await self.dispatcher.retry_unpublished()
+                    self.dispatcher.forget_finished()
                     await self.dispatcher.retry_overdue(lambda t: self.presence_of(t) == Presence.ONLINE)
             except Exception:
                 log.exception("expiry sweep failed; trying again next round")
