@@ -61,8 +61,11 @@ class SystemClock:
                 return
 
 
-Play = Callable[[Schedule, Programme, datetime], Awaitable[Broadcast]]
-"""Store one run of a schedule as a broadcast, staged until its time (the controller's submit)."""
+Claim = Callable[[Session, str], None]
+"""Record, in the transaction that stores the broadcast (its id given), that this run is staged."""
+Play = Callable[[Schedule, Programme, datetime, Claim], Awaitable[Broadcast]]
+"""Store one run of a schedule as a broadcast, staged until its time, claiming the run in the same
+transaction (the controller's submit)."""
 Release = Callable[[str], Awaitable[None]]
 """Publish a staged broadcast (the controller's release)."""
 Withdraw = Callable[[str], Awaitable[object]]
@@ -168,31 +171,30 @@ class Scheduler:
     async def _stage(self, schedule: Schedule, due: datetime, late: bool = False) -> None:
         """Claim the run and stage its broadcast; a timer publishes it at its time."""
         started = self.clock.now()
-        claimed = await self._writer.call(lambda session: _claim(session, schedule.id, due, started))
-        if claimed is None:
-            return
+        detail = f"played {(started - due).total_seconds():.0f} s late" if late else None
+
+        def claim(session: Session, broadcast_id: str) -> None:
+            # The primary key refuses a second claim (another controller) before anything is stored.
+            run = ScheduleRun(schedule_id=schedule.id, due_at=due, started_at=started, outcome="staged")
+            run.broadcast_id, run.detail = broadcast_id, detail
+            session.add(run)
+            session.flush()
+
         try:
             programme = await self._writer.call(lambda session: session.get(Programme, schedule.programme_id))
             if programme is None:
                 raise LookupError(f"programme {schedule.programme_id} no longer exists")
-            broadcast = await self._play(schedule, programme, due)
+            broadcast = await self._play(schedule, programme, due, claim)
+        except IntegrityError:
+            return
         except Exception as exc:
             log.exception("schedule %s: the run due at %s failed", schedule.id, due.isoformat())
             await self._writer.call(
-                partial(_finish, schedule_id=schedule.id, due=due, outcome="failed", detail=str(exc))
+                partial(
+                    _record, schedule_id=schedule.id, due=due, at=started, outcome="failed", detail=str(exc)
+                )
             )
             return
-        detail = f"played {(started - due).total_seconds():.0f} s late" if late else None
-        await self._writer.call(
-            partial(
-                _finish,
-                schedule_id=schedule.id,
-                due=due,
-                broadcast_id=broadcast.id,
-                outcome="staged",
-                detail=detail,
-            )
-        )
         self._arm(schedule.id, due, broadcast.id, detail)
 
     def _arm(self, schedule_id: str, due: datetime, broadcast_id: str, detail: str | None = None) -> None:
@@ -265,7 +267,9 @@ class Scheduler:
             else:
                 detail = f"{len(missed)} run(s) missed while no controller ran; policy {schedule.missed}"
                 await self._writer.call(
-                    partial(_skip, schedule_id=schedule.id, due=last, at=now, detail=detail)
+                    partial(
+                        _record, schedule_id=schedule.id, due=last, at=now, outcome="skipped", detail=detail
+                    )
                 )
 
 
@@ -317,6 +321,9 @@ def _unfinished_runs(session: Session, orphans_before: datetime) -> list[Schedul
     return list(session.exec(query).all())
 
 
-def _skip(session: Session, *, schedule_id: str, due: datetime, at: datetime, detail: str) -> None:
+def _record(
+    session: Session, *, schedule_id: str, due: datetime, at: datetime, outcome: str, detail: str
+) -> None:
+    """Record a run that was not staged (skipped, failed), unless another controller has it."""
     if _claim(session, schedule_id, due, at) is not None:
-        _finish(session, schedule_id=schedule_id, due=due, outcome="skipped", detail=detail)
+        _finish(session, schedule_id=schedule_id, due=due, outcome=outcome, detail=detail)

@@ -43,7 +43,7 @@ from controller.models import SENDING_STATES, Broadcast, BroadcastState, Program
 from controller.presence import UNKNOWN, PresenceTracker
 from controller.programmes import content_of
 from controller.regions import ensure_bundled_regions
-from controller.scheduler import Clock, Scheduler
+from controller.scheduler import Claim, Clock, Scheduler
 from controller.schedules import request_for
 from controller.settings import Settings
 from controller.speech import Speech, SpeechEngine, SpeechFailed, SpeechUnavailable
@@ -205,7 +205,11 @@ class Controller:
         self.engine.dispose()
 
     async def submit(
-        self, request: BroadcastRequest, updates: str | None = None, not_before: datetime | None = None
+        self,
+        request: BroadcastRequest,
+        updates: str | None = None,
+        not_before: datetime | None = None,
+        claim: Claim | None = None,
     ) -> Broadcast:
         """Accept, persist and publish a broadcast; raises BroadcastRejected or NotAccepting.
 
@@ -237,6 +241,8 @@ class Controller:
                 not_before=not_before,
             )
             staged = not_before if not_before is not None and not_before > now else None
+            if claim is not None:
+                claim(session, command.id)
             return accept(session, request, command, updates=earlier, not_before=staged)
 
         broadcast, target = await self.writer.call(store)
@@ -289,8 +295,11 @@ class Controller:
         )
         return request.model_copy(update={"audio": audio})
 
-    async def _play_scheduled(self, schedule: Schedule, programme: Programme, due: datetime) -> Broadcast:
-        """One run of a schedule, as a programme broadcast expiring `expires_in_s` after its time."""
+    async def _play_scheduled(
+        self, schedule: Schedule, programme: Programme, due: datetime, claim: Claim
+    ) -> Broadcast:
+        """One run of a schedule, as a programme broadcast expiring `expires_in_s` after its time,
+        stored in the transaction that claims the run."""
         content = content_of(programme, self.settings.media_url)
         request = request_for(schedule, programme).model_copy(
             update={
@@ -299,7 +308,7 @@ class Controller:
                 "expires_at": due + timedelta(seconds=schedule.expires_in_s),
             }
         )
-        return await self.submit(request, not_before=due)
+        return await self.submit(request, not_before=due, claim=claim)
 
     async def cancel(self, broadcast_id: str) -> Broadcast:
         """Cancel a broadcast: stored first, then sent to its regions (and later to stragglers).
