@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -329,3 +330,48 @@ class ControllerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
             await end_process(self.process, 30.0)
+
+
+Categories = list[tuple[str, tuple[str, ...]]]
+"""(name, substrings of frames that put a stack sample in it), first match wins"""
+
+
+def summarise_profile(
+    raw: str, categories: Categories, top: int = 12, other: str = "other"
+) -> dict[str, Any]:
+    """Summarise py-spy's raw output (`frame;frame;... count` lines, outermost frame first) by
+    `categories` and by innermost function, in percent of the samples."""
+    total = 0
+    by_category: Counter[str] = Counter()
+    by_leaf: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        for name, needles in categories:
+            if any(needle in frame for frame in frames for needle in needles):
+                by_category[name] += count
+                break
+        else:
+            by_category[other] += count
+        leaf = frames[-1]
+        by_leaf[leaf.rsplit(":", 1)[0] + ")" if ":" in leaf else leaf] += count
+    if not total:
+        return {}
+
+    def share(count: int) -> float:
+        return round(100 * count / total, 1)
+
+    return {
+        "samples": total,
+        "by_category_pct": {name: share(c) for name, c in by_category.most_common()},
+        "top_functions_pct": {name: share(c) for name, c in by_leaf.most_common(top)},
+    }
+
+
+def whole(value: float | None) -> str:
+    """A figure for a table: thousands separated, no decimals, a dash when there is none."""
+    return "—" if value is None else f"{value:,.0f}"

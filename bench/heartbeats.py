@@ -58,6 +58,8 @@ from bench.harness import (
     end_process,
     machine_info,
     peak_rss_mb,
+    summarise_profile,
+    whole,
 )
 from bench.heartbeat_publisher import fault_indices
 from bench.ingest import Profiler, wait_files
@@ -160,36 +162,6 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
     ("asyncio event loop", ("asyncio/",)),
 ]
-
-
-def summarise_profile(raw: str, top: int = 15) -> dict[str, Any]:
-    """Summarise py-spy's raw output (`frame;frame;... count` lines, outermost frame first) by
-    CATEGORIES and by innermost function."""
-    total = 0
-    by_category: Counter[str] = Counter()
-    by_leaf: Counter[str] = Counter()
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = stack.split(";")
-        for name, needles in CATEGORIES:
-            if any(needle in frame for frame in frames for needle in needles):
-                by_category[name] += count
-                break
-        else:
-            by_category["other (idle threads included)"] += count
-        leaf = frames[-1]
-        by_leaf[leaf.rsplit(":", 1)[0] + ")" if ":" in leaf else leaf] += count
-    if not total:
-        return {}
-    return {
-        "samples": total,
-        "by_category_pct": {n: round(100 * c / total, 1) for n, c in by_category.most_common()},
-        "top_functions_pct": {n: round(100 * c / total, 1) for n, c in by_leaf.most_common(top)},
-    }
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -330,7 +302,7 @@ async def run_heartbeats(
         if profiler is not None and profile is not None:
             await profiler.stop()  # its summary has the ingest benchmark's categories: ours instead
             raw = await asyncio.to_thread(profile.read_text, encoding="utf-8")
-            result.profile = summarise_profile(raw)
+            result.profile = summarise_profile(raw, CATEGORIES, top=15, other="other (idle threads included)")
         result.cpu_s = cpu_used(cpu_before, cpu_after, pids)
         statuses = await asyncio.gather(*(p.wait() for p in processes))
         if any(statuses):
@@ -402,7 +374,7 @@ def print_result(r: HeartbeatsResult) -> None:
     )
     rows = [
         ("heartbeats handled", f"{r.received:,} of {r.heartbeats:,} in {r.flood_s} s"),
-        ("heartbeats a second", _num(r.heartbeats_per_s)),
+        ("heartbeats a second", whole(r.heartbeats_per_s)),
         ("controller CPU", f"{r.controller_cpu_s} s"),
         ("CPU s per 100,000 heartbeats", f"{r.cpu_s_per_100k}"),
         ("  less the idle cost", f"{r.cpu_s_per_100k_above_idle}"),
@@ -436,10 +408,6 @@ def print_result(r: HeartbeatsResult) -> None:
     m = r.machine
     where = f"{m.get('cores')} × {m.get('cpu')}, Python {m.get('python')}"
     print(f"  machine: {where}, mosquitto {m.get('mosquitto')}")
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"
 
 
 RETRIES = 2

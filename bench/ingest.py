@@ -36,7 +36,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ import httpx
 from bench.fanout import COUNTY, choose_fleet, read_deliveries, read_villages, register, wait_written
 from bench.harness import (
     BenchError,
+    Categories,
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
@@ -55,6 +55,8 @@ from bench.harness import (
     ingest_rate,
     machine_info,
     peak_rss_mb,
+    summarise_profile,
+    whole,
 )
 
 ACKS_PER_TERMINAL = 3
@@ -100,45 +102,13 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def summarise_profile(raw: str, top: int = 12) -> dict[str, Any]:
-    """Summarise py-spy's raw output (`frame;frame;... count` lines, outermost frame first)."""
-    total = 0
-    by_category: Counter[str] = Counter()
-    by_leaf: Counter[str] = Counter()
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = stack.split(";")
-        for name, needles in CATEGORIES:
-            if any(needle in frame for frame in frames for needle in needles):
-                by_category[name] += count
-                break
-        else:
-            by_category["other"] += count
-        leaf = frames[-1]
-        by_leaf[leaf.rsplit(":", 1)[0] + ")" if ":" in leaf else leaf] += count
-    if not total:
-        return {}
-
-    def share(count: int) -> float:
-        return round(100 * count / total, 1)
-
-    return {
-        "samples": total,
-        "by_category_pct": {name: share(c) for name, c in by_category.most_common()},
-        "top_functions_pct": {name: share(c) for name, c in by_leaf.most_common(top)},
-    }
-
-
 class Profiler:
     """`py-spy record` of one process, non-blocking (it does not pause the process to sample)."""
 
-    def __init__(self, pid: int, output: Path) -> None:
+    def __init__(self, pid: int, output: Path, categories: Categories = CATEGORIES) -> None:
         self.pid = pid
         self.output = output
+        self.categories = categories
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -172,7 +142,7 @@ class Profiler:
         except TimeoutError:
             self.process.kill()
         try:
-            return summarise_profile(self.output.read_text(encoding="utf-8"))
+            return summarise_profile(self.output.read_text(encoding="utf-8"), self.categories)
         except OSError:
             return {}
 
@@ -349,12 +319,12 @@ def print_result(result: IngestResult) -> None:
         f"publisher(s), {mode}:"
     )
     print(
-        f"  acks persisted per second: {_num(result.acks_per_s)} (writer commit log: acks committed after "
+        f"  acks persisted per second: {whole(result.acks_per_s)} (writer commit log: acks committed after "
         f"the first of {result.commit_batches} batches / first to last commit)"
     )
     since = "the SIGCONT" if result.hold else "the first publish"
     print(
-        f"  end to end: {_num(result.acks_per_s_end_to_end)} acks/s ({result.acks_committed:,} committed "
+        f"  end to end: {whole(result.acks_per_s_end_to_end)} acks/s ({result.acks_committed:,} committed "
         f"{result.drain_s} s after {since}); the publishers had them all PUBACKed after {result.publish_s} s"
     )
     print(
@@ -378,10 +348,6 @@ def print_result(result: IngestResult) -> None:
     m = result.machine
     where = f"{m.get('cores')} × {m.get('cpu')}, Python {m.get('python')}"
     print(f"  machine: {where}, mosquitto {m.get('mosquitto')}")
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"
 
 
 def run_ingest_cli(args: argparse.Namespace) -> int:

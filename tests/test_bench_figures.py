@@ -5,9 +5,9 @@ socket and the inbox."""
 import aiomqtt
 import pytest
 
+from bench import ingest
 from bench.fanout import metric_total
-from bench.harness import ingest_rate, quantile
-from bench.ingest import summarise_profile
+from bench.harness import ingest_rate, quantile, summarise_profile
 from controller.bus import READ_SIZE, _BufferedSocket, _Inbox
 
 
@@ -68,7 +68,7 @@ def test_profile_summary_puts_each_sample_in_its_first_matching_category() -> No
             "not a sample line",
         ]
     )
-    summary = summarise_profile(raw)
+    summary = summarise_profile(raw, ingest.CATEGORIES)
     assert summary["samples"] == 8
     categories = summary["by_category_pct"]
     assert categories["database writer thread (SQLAlchemy, sqlite3)"] == 50.0

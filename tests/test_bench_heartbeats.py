@@ -5,8 +5,10 @@ import random
 
 import pytest
 
+from bench import heartbeats
+from bench.harness import summarise_profile
 from bench.heartbeat_publisher import FAULTS, Beat, fault_indices, heartbeat, plan
-from bench.heartbeats import core_share, metric_value, per_100k, rows_updated, summarise_profile
+from bench.heartbeats import core_share, metric_value, per_100k, rows_updated
 from controller.alarms import Thresholds, faults_in
 from devices.messages import decode_heartbeat, encode
 
@@ -114,7 +116,7 @@ def test_profile_summary_counts_a_sample_in_the_heartbeat_path_it_is_in() -> Non
             f"{outer};_packet_read (paho/mqtt/client.py:3149) 2",
         ]
     )
-    summary = summarise_profile(raw)
+    summary = summarise_profile(raw, heartbeats.CATEGORIES, top=15, other="other (idle threads included)")
     assert summary["samples"] == 10
     assert summary["by_category_pct"] == {
         "decoding and validating (decode_heartbeat, pydantic)": 60.0,
