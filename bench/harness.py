@@ -375,3 +375,17 @@ def summarise_profile(
 def whole(value: float | None) -> str:
     """A figure for a table: thousands separated, no decimals, a dash when there is none."""
     return "—" if value is None else f"{value:,.0f}"
+
+
+def city_controller(database: Path, prefix: str, mqtt_url: str) -> ControllerProcess:
+    """A controller for the whole bundled city (4212) on its own SQLite file, topic prefix and
+    controller id, on the broker at `mqtt_url`: what every Mosquitto benchmark measures."""
+    return ControllerProcess(
+        {
+            "database_url": f"sqlite:///{database}",
+            "controller_id": prefix,
+            "topic_prefix": prefix,
+            "mqtt_url": mqtt_url,
+            "county_region": "4212",
+        }
+    )

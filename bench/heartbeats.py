@@ -52,6 +52,7 @@ from bench.harness import (
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    city_controller,
     cpu_seconds,
     cpu_snapshot,
     cpu_used,
@@ -221,15 +222,7 @@ async def run_heartbeats(
     profiler: Profiler | None = None
     try:
         await mosquitto.start()
-        controller = ControllerProcess(
-            {
-                "database_url": f"sqlite:///{database}",
-                "controller_id": prefix,
-                "topic_prefix": prefix,
-                "mqtt_url": mosquitto.url,
-                "county_region": "4212",
-            }
-        )
+        controller = city_controller(database, prefix, mosquitto.url)
         await controller.start()
         specs = choose_fleet(await asyncio.to_thread(read_villages, database), n)
         if len(specs) < n:

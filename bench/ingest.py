@@ -49,6 +49,7 @@ from bench.harness import (
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    city_controller,
     cpu_snapshot,
     cpu_used,
     end_process,
@@ -203,15 +204,7 @@ async def run_ingest(
     profiler: Profiler | None = None
     try:
         await mosquitto.start()
-        controller = ControllerProcess(
-            {
-                "database_url": f"sqlite:///{database}",
-                "controller_id": prefix,
-                "topic_prefix": prefix,
-                "mqtt_url": mosquitto.url,
-                "county_region": "4212",
-            }
-        )
+        controller = city_controller(database, prefix, mosquitto.url)
         await controller.start()
         villages = await asyncio.to_thread(read_villages, database)
         specs = choose_fleet(villages, n)
