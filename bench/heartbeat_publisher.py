@@ -30,10 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from controller.bus import BrokerAddress
+from bench.publisher import flood
 from devices.messages import (
     Amplifier,
     Heartbeat,
@@ -165,39 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         ids = [t for t, _region in fleet]
         messages = build_heartbeats(args.prefix, ids, args.total, args.fault_share, index, of)
         rate = args.rate
-    address = BrokerAddress.from_url(args.broker)
-    sent = 0
-
-    def on_publish(_c: mqtt.Client, _u: object, _mid: int, _rc: object, _p: object) -> None:
-        nonlocal sent
-        sent += 1  # QoS 1: the broker's PUBACK; QoS 0: written to the socket
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(0)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect(address.host, address.port, keepalive=60)
-    while not client.is_connected():
-        client.loop(0.1)
-    if args.ready_file is not None:
-        args.ready_file.touch()
-    if args.go_file is not None:
-        while not args.go_file.exists():
-            client.loop(0.01)
-    started = time.time()
-    for i, (topic, payload) in enumerate(messages):
-        client.publish(topic, payload, qos=qos, retain=qos == 1)
-        if rate > 0:
-            while time.time() < started + (i + 1) / rate:
-                client.loop(0.001)
-        elif i % 200 == 199:
-            client.loop(0)
-    published = time.time()
-    deadline = time.monotonic() + 120
-    while sent < len(messages) and time.monotonic() < deadline:
-        client.loop(0.01)
-    done = time.time()
-    client.disconnect()
+    started, published, done, sent = flood(
+        args.broker,
+        args.client_id,
+        messages,
+        qos=qos,
+        retain=qos == 1,
+        rate=rate,
+        ready_file=args.ready_file,
+        go_file=args.go_file,
+    )
     args.report.write_text(
         json.dumps(
             {

@@ -55,36 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     messages = build(args.prefix, args.command, json.loads(args.ids_file.read_text(encoding="utf-8")))
-    address = BrokerAddress.from_url(args.broker)
-    acked = 0
-
-    def on_publish(_c: mqtt.Client, _u: object, _mid: int, _rc: object, _p: object) -> None:
-        nonlocal acked
-        acked += 1
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(0)  # unlimited: the broker's PUBACKs never hold the flood back
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect(address.host, address.port, keepalive=60)
-    while not client.is_connected():
-        client.loop(0.1)
-    if args.ready_file is not None:
-        args.ready_file.touch()
-    if args.go_file is not None:
-        while not args.go_file.exists():
-            client.loop(0.01)
-    started = time.time()
-    for i, (topic, payload) in enumerate(messages):
-        client.publish(topic, payload, qos=1)
-        if i % 200 == 199:
-            client.loop(0)
-    published = time.time()
-    deadline = time.monotonic() + 120
-    while acked < len(messages) and time.monotonic() < deadline:
-        client.loop(0.01)
-    done = time.time()
-    client.disconnect()
+    started, published, done, acked = flood(
+        args.broker, args.client_id, messages, qos=1, ready_file=args.ready_file, go_file=args.go_file
+    )
     args.report.write_text(
         json.dumps(
             {
@@ -99,6 +72,57 @@ def main(argv: list[str] | None = None) -> int:
         encoding="utf-8",
     )
     return 0 if acked == len(messages) else 1
+
+
+def flood(
+    broker: str,
+    client_id: str,
+    messages: list[tuple[str, bytes]],
+    *,
+    qos: int,
+    retain: bool = False,
+    rate: float = 0.0,
+    ready_file: Path | None = None,
+    go_file: Path | None = None,
+) -> tuple[float, float, float, int]:
+    """Publish `messages` on one paho connection as fast as it goes (or `rate` a second), once
+    `go_file` exists (after touching `ready_file`); wait up to 120 s for them all to be confirmed
+    (QoS 1: the broker's PUBACK; QoS 0: written to the socket). Returns the wall-clock times of
+    the first publish, the last publish and the last confirmation, and how many were confirmed."""
+    address = BrokerAddress.from_url(broker)
+    confirmed = 0
+
+    def on_publish(_c: mqtt.Client, _u: object, _mid: int, _rc: object, _p: object) -> None:
+        nonlocal confirmed
+        confirmed += 1
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(0)  # unlimited: the broker's PUBACKs never hold the flood back
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect(address.host, address.port, keepalive=60)
+    while not client.is_connected():
+        client.loop(0.1)
+    if ready_file is not None:
+        ready_file.touch()
+    if go_file is not None:
+        while not go_file.exists():
+            client.loop(0.01)
+    started = time.time()
+    for i, (topic, payload) in enumerate(messages):
+        client.publish(topic, payload, qos=qos, retain=retain)
+        if rate > 0:
+            while time.time() < started + (i + 1) / rate:
+                client.loop(0.001)
+        elif i % 200 == 199:
+            client.loop(0)
+    published = time.time()
+    deadline = time.monotonic() + 120
+    while confirmed < len(messages) and time.monotonic() < deadline:
+        client.loop(0.01)
+    done = time.time()
+    client.disconnect()
+    return started, published, done, confirmed
 
 
 if __name__ == "__main__":
