@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -389,3 +390,64 @@ def city_controller(database: Path, prefix: str, mqtt_url: str) -> ControllerPro
             "county_region": "4212",
         }
     )
+
+
+class Profiler:
+    """`py-spy record` of one process, non-blocking (it does not pause the process to sample)."""
+
+    def __init__(self, pid: int, output: Path, categories: Categories) -> None:
+        self.pid = pid
+        self.output = output
+        self.categories = categories
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        binary = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if binary is None:
+            raise BenchError("--profile needs py-spy (pip install py-spy)")
+        self.process = await asyncio.create_subprocess_exec(
+            binary,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--nonblocking",
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(self.output),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)  # py-spy attaches
+
+    async def stop(self) -> dict[str, Any]:
+        if self.process is None:
+            return {}
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            self.process.kill()
+        try:
+            return summarise_profile(self.output.read_text(encoding="utf-8"), self.categories)
+        except OSError:
+            return {}
+
+
+async def tear_down(
+    processes: list[asyncio.subprocess.Process],
+    profiler: Profiler | None,
+    controller: ControllerProcess | None,
+    mosquitto: Mosquitto,
+) -> None:
+    """End a benchmark's helper processes, profiler, controller and Mosquitto, in that order."""
+    for process in processes:
+        await end_process(process, 5.0)
+    if profiler is not None and profiler.process is not None and profiler.process.returncode is None:
+        await profiler.stop()
+    if controller is not None:
+        await controller.stop()
+    await mosquitto.stop()

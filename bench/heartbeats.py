@@ -52,18 +52,19 @@ from bench.harness import (
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    Profiler,
     city_controller,
     cpu_seconds,
     cpu_snapshot,
     cpu_used,
-    end_process,
     machine_info,
     peak_rss_mb,
     summarise_profile,
+    tear_down,
     whole,
 )
 from bench.heartbeat_publisher import fault_indices
-from bench.ingest import Profiler, wait_files
+from bench.ingest import wait_files
 
 RECEIVED = "cunxiang_mqtt_messages_received_total"
 FLUSH_ROWS = "cunxiang_db_flush_rows_sum"
@@ -266,7 +267,7 @@ async def run_heartbeats(
         if mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]
         if profile is not None:
-            profiler = Profiler(controller.pid, profile)
+            profiler = Profiler(controller.pid, profile, CATEGORIES)
             await profiler.start()
         before = await metrics_text(controller)
         rows_before = await asyncio.to_thread(count_rows, database)
@@ -346,13 +347,7 @@ async def run_heartbeats(
         result.online_after = (await controller.state())["presence"].get("online", 0)
         return result
     finally:
-        for process in processes:
-            await end_process(process, 5.0)
-        if profiler is not None and profiler.process is not None and profiler.process.returncode is None:
-            await profiler.stop()
-        if controller is not None:
-            await controller.stop()
-        await mosquitto.stop()
+        await tear_down(processes, profiler, controller, mosquitto)
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -26,12 +26,9 @@ time goes.
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
-import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -45,18 +42,17 @@ import httpx
 from bench.fanout import COUNTY, choose_fleet, read_deliveries, read_villages, register, wait_written
 from bench.harness import (
     BenchError,
-    Categories,
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    Profiler,
     city_controller,
     cpu_snapshot,
     cpu_used,
-    end_process,
     ingest_rate,
     machine_info,
     peak_rss_mb,
-    summarise_profile,
+    tear_down,
     whole,
 )
 
@@ -101,51 +97,6 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
     ("asyncio event loop", ("asyncio/",)),
 ]
-
-
-class Profiler:
-    """`py-spy record` of one process, non-blocking (it does not pause the process to sample)."""
-
-    def __init__(self, pid: int, output: Path, categories: Categories = CATEGORIES) -> None:
-        self.pid = pid
-        self.output = output
-        self.categories = categories
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        binary = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-        if binary is None:
-            raise BenchError("--profile needs py-spy (pip install py-spy)")
-        self.process = await asyncio.create_subprocess_exec(
-            binary,
-            "record",
-            "--pid",
-            str(self.pid),
-            "--nonblocking",
-            "--rate",
-            "250",
-            "--format",
-            "raw",
-            "--output",
-            str(self.output),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await asyncio.sleep(1.0)  # py-spy attaches
-
-    async def stop(self) -> dict[str, Any]:
-        if self.process is None:
-            return {}
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.kill()
-        try:
-            return summarise_profile(self.output.read_text(encoding="utf-8"), self.categories)
-        except OSError:
-            return {}
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -243,7 +194,7 @@ async def run_ingest(
         if mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]
         if profile is not None:
-            profiler = Profiler(controller.pid, profile)
+            profiler = Profiler(controller.pid, profile, CATEGORIES)
             await profiler.start()
         if hold:
             controller.pause()
@@ -295,13 +246,7 @@ async def run_ingest(
             )
         return result
     finally:
-        for process in processes:
-            await end_process(process, 5.0)
-        if profiler is not None and profiler.process is not None and profiler.process.returncode is None:
-            await profiler.stop()
-        if controller is not None:
-            await controller.stop()
-        await mosquitto.stop()
+        await tear_down(processes, profiler, controller, mosquitto)
 
 
 def print_result(result: IngestResult) -> None:

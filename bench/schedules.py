@@ -52,6 +52,7 @@ from bench.harness import (
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    Profiler,
     cpu_snapshot,
     cpu_used,
     end_process,
@@ -59,7 +60,7 @@ from bench.harness import (
     peak_rss_mb,
     quantile,
 )
-from bench.ingest import Profiler
+from bench.ingest import CATEGORIES
 from controller.db import make_engine
 from controller.schedules import ScheduleSpec, to_schedule
 from devices.messages import now_utc
@@ -390,7 +391,7 @@ async def run_scenario(
         if profile is not None:
             # From 1 s before the first run (py-spy takes about 1 s to attach) to 2 s after the last.
             await sleep_until(first - PROFILE_BEFORE_S)
-            profiler = Profiler(controller.pid, profile)
+            profiler = Profiler(controller.pid, profile, CATEGORIES)
             await profiler.start()
             await sleep_until(max(dues) + 2.0)
             result.profile = await profiler.stop()
