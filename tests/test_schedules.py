@@ -2,7 +2,9 @@
 missed runs across a restart, and an emergency pre-empting a scheduled programme on terminals."""
 
 import asyncio
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -149,10 +151,15 @@ async def test_an_emergency_preempts_a_scheduled_programme_which_then_resumes(li
 # --- the scheduler on a clock the test moves ----------------------------------------------------------
 
 
-async def started(settings: Settings, clock: FakeClock) -> Controller:
+@contextlib.asynccontextmanager
+async def running(settings: Settings, clock: FakeClock) -> AsyncIterator[Controller]:
+    """A controller on the test's clock, stopped however the test ends."""
     controller = Controller(settings, clock=clock)
     await controller.start()
-    return controller
+    try:
+        yield controller
+    finally:
+        await controller.stop()
 
 
 async def add_schedule(controller: Controller, now: datetime, **spec: Any) -> str:
@@ -206,8 +213,7 @@ async def broadcasts(controller: Controller) -> list[Broadcast]:
 async def test_runs_happen_at_their_times_and_once(sqlite_url: str, embedded_broker: Any) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    try:
+    async with running(settings, clock) as controller:
         first = clock.now() + timedelta(minutes=1)
         schedule_id = await add_schedule(controller, clock.now(), start=local(first), rrule="FREQ=HOURLY")
         await asyncio.sleep(0.2)
@@ -229,8 +235,6 @@ async def test_runs_happen_at_their_times_and_once(sqlite_url: str, embedded_bro
             for r in done
             if r.broadcast_id
         )
-    finally:
-        await controller.stop()
 
 
 @pytest.mark.parametrize(
@@ -241,18 +245,14 @@ async def test_a_run_missed_while_stopped_follows_the_schedules_policy(
 ) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    due = clock.now() + timedelta(minutes=5)
-    extra = {"missed": policy, "grace_s": 600} if policy == "grace" else {}
-    try:
+    async with running(settings, clock) as controller:
+        due = clock.now() + timedelta(minutes=5)
+        extra = {"missed": policy, "grace_s": 600} if policy == "grace" else {}
         schedule_id = await add_schedule(
             controller, clock.now(), start=local(due), rrule="FREQ=DAILY", **extra
         )
-    finally:
-        await controller.stop()
     later = FakeClock(due + timedelta(seconds=late))
-    controller = await started(settings, later)
-    try:
+    async with running(settings, later) as controller:
 
         async def handled() -> bool:
             return any(
@@ -269,15 +269,14 @@ async def test_a_run_missed_while_stopped_follows_the_schedules_policy(
         else:
             assert "missed while no controller ran" in (run.detail or "")
         assert len(await broadcasts(controller)) == (1 if played else 0)
-    finally:
-        await controller.stop()
 
 
 async def test_two_controllers_play_a_run_once(sqlite_url: str, embedded_broker: Any) -> None:
     clock = FakeClock(now_utc().replace(microsecond=0))
-    one = await started(make_settings(sqlite_url, embedded_broker.url), clock)
-    two = await started(make_settings(sqlite_url, embedded_broker.url), clock)
-    try:
+    async with (
+        running(make_settings(sqlite_url, embedded_broker.url), clock) as one,
+        running(make_settings(sqlite_url, embedded_broker.url), clock) as two,
+    ):
         due = clock.now() + timedelta(minutes=1)
         schedule_id = await add_schedule(one, clock.now(), start=local(due))
         two.scheduler.reload()
@@ -287,9 +286,6 @@ async def test_two_controllers_play_a_run_once(sqlite_url: str, embedded_broker:
         await outcomes_become(one, schedule_id, ["played"])
         await asyncio.sleep(0.5)
         assert len(await broadcasts(one)) == 1
-    finally:
-        await one.stop()
-        await two.stop()
 
 
 # --- programmes: speech and uploads --------------------------------------------------------------------
@@ -369,16 +365,12 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
 ) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    due = clock.now() + timedelta(minutes=2)
-    try:
+    async with running(settings, clock) as controller:
+        due = clock.now() + timedelta(minutes=2)
         schedule_id = await stage_one(controller, clock, due)
         [broadcast] = await broadcasts(controller)
         assert broadcast.state == "accepted" and broadcast.not_before == due
-    finally:
-        await controller.stop()
-    controller = await started(settings, clock)
-    try:
+    async with running(settings, clock) as controller:
         await asyncio.sleep(0.3)
         assert [b.state for b in await broadcasts(controller)] == ["accepted"]
         clock.advance(timedelta(seconds=20))
@@ -386,8 +378,6 @@ async def test_a_run_staged_before_a_restart_is_published_at_its_time_by_the_nex
         await outcomes_become(controller, schedule_id, ["played"])
         live = controller.tracker.find(broadcast.id)
         assert live is not None and live.state.value == "active"
-    finally:
-        await controller.stop()
 
 
 async def test_runs_due_while_the_scheduler_reloads_are_staged_not_lost(
@@ -395,8 +385,7 @@ async def test_runs_due_while_the_scheduler_reloads_are_staged_not_lost(
 ) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    try:
+    async with running(settings, clock) as controller:
         due = clock.now() + timedelta(minutes=2)
         ids = [await add_schedule(controller, clock.now(), start=local(due)) for _ in range(3)]
         await asyncio.sleep(0.2)
@@ -409,8 +398,6 @@ async def test_runs_due_while_the_scheduler_reloads_are_staged_not_lost(
             return outcomes == [["played"]] * 3
 
         await eventually(all_played, timeout=10)
-    finally:
-        await controller.stop()
 
 
 async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
@@ -418,8 +405,7 @@ async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
 ) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    try:
+    async with running(settings, clock) as controller:
         schedule_id = await stage_one(controller, clock, clock.now() + timedelta(minutes=2))
         await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
         controller.scheduler.reload()
@@ -432,8 +418,6 @@ async def test_a_staged_run_of_a_schedule_deleted_before_its_time_is_withdrawn(
         assert [r.detail for r in await runs(controller, schedule_id)] == [
             "the schedule was disabled or deleted before its time"
         ]
-    finally:
-        await controller.stop()
 
 
 async def test_a_staged_run_whose_time_passed_while_stopped_follows_the_skip_policy(
@@ -441,17 +425,11 @@ async def test_a_staged_run_whose_time_passed_while_stopped_follows_the_skip_pol
 ) -> None:
     settings = make_settings(sqlite_url, embedded_broker.url)
     clock = FakeClock(now_utc().replace(microsecond=0))
-    controller = await started(settings, clock)
-    due = clock.now() + timedelta(minutes=2)
-    try:
+    async with running(settings, clock) as controller:
+        due = clock.now() + timedelta(minutes=2)
         schedule_id = await stage_one(controller, clock, due, rrule="FREQ=DAILY")
-    finally:
-        await controller.stop()
     later = FakeClock(due + timedelta(minutes=20))
-    controller = await started(settings, later)
-    try:
+    async with running(settings, later) as controller:
         await outcomes_become(controller, schedule_id, ["skipped"])
         [broadcast] = await broadcasts(controller)
         assert broadcast.state in ("cancelling", "cancelled")
-    finally:
-        await controller.stop()
