@@ -337,6 +337,21 @@ Categories = list[tuple[str, tuple[str, ...]]]
 """(name, substrings of frames that put a stack sample in it), first match wins"""
 
 
+def controller_categories(*specific: tuple[str, tuple[str, ...]]) -> Categories:
+    """Where a controller's samples count: the writer thread and HTTP first, then what the
+    benchmark is about (`specific`), then the rest of the message path, outermost last (a sample
+    in json inside pydantic inside handle_message counts as decoding, not as handle_message)."""
+    return [
+        ("database writer thread (SQLAlchemy, sqlite3)", ("_write (controller/writer.py",)),
+        ("HTTP (uvicorn, FastAPI: the benchmark's polling)", ("uvicorn/", "fastapi/", "starlette/")),
+        *specific,
+        ("metrics (prometheus_client)", ("prometheus_client/",)),
+        ("rest of handle_message (topic parsing, time)", ("handle_message (controller/service.py",)),
+        ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
+        ("asyncio event loop", ("asyncio/",)),
+    ]
+
+
 def summarise_profile(
     raw: str, categories: Categories, top: int = 12, other: str = "other"
 ) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from bench.harness import (
     MosquittoMissing,
     Profiler,
     city_controller,
+    controller_categories,
     cpu_seconds,
     cpu_snapshot,
     cpu_used,
@@ -151,19 +152,12 @@ def core_share(cpu_s_per_100k: float, terminals: int, interval_s: float = 30.0) 
     return cpu_s_per_100k / 100_000 * terminals / interval_s
 
 
-# Where a sample counts: the first category (in this order) with a needle in any of its frames.
-CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("database writer thread (SQLAlchemy, sqlite3)", ("_write (controller/writer.py",)),
-    ("HTTP (uvicorn, FastAPI: the benchmark's polling)", ("uvicorn/", "fastapi/", "starlette/")),
+CATEGORIES = controller_categories(
     ("decoding and validating (decode_heartbeat, pydantic)", ("decode_heartbeat (devices/messages.py",)),
     ("presence (PresenceTracker.on_heartbeat)", ("on_heartbeat (controller/presence.py",)),
     ("alarms (AlarmTracker.on_heartbeat, faults_in)", ("on_heartbeat (controller/alarms.py",)),
     ("presence check over all terminals", ("check (controller/presence.py",)),
-    ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("rest of handle_message (topic parsing, time)", ("handle_message (controller/service.py",)),
-    ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
-    ("asyncio event loop", ("asyncio/",)),
-]
+)
 
 
 # --- the run ----------------------------------------------------------------------------------

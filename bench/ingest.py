@@ -47,6 +47,7 @@ from bench.harness import (
     MosquittoMissing,
     Profiler,
     city_controller,
+    controller_categories,
     cpu_snapshot,
     cpu_used,
     ingest_rate,
@@ -85,18 +86,10 @@ class IngestResult:
 
 # --- the profile ------------------------------------------------------------------------------
 
-# Where a sample counts, by the first of these found in its stack (innermost first is not what we
-# want: a sample in json inside pydantic inside handle_message counts as decoding).
-CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("database writer thread (SQLAlchemy, sqlite3)", ("_write (controller/writer.py",)),
-    ("HTTP (uvicorn, FastAPI: the benchmark's polling)", ("uvicorn/", "fastapi/", "starlette/")),
+CATEGORIES = controller_categories(
     ("decoding and validating acks (devices.messages)", ("decode (devices/messages.py",)),
     ("tracker (state machine, writer.update)", ("on_ack (controller/tracker.py",)),
-    ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("rest of handle_message (topic parsing, time)", ("handle_message (controller/service.py",)),
-    ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
-    ("asyncio event loop", ("asyncio/",)),
-]
+)
 
 
 # --- the run ----------------------------------------------------------------------------------
