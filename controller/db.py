@@ -6,6 +6,7 @@ from sqlalchemy import Engine, event, inspect, text
 from sqlmodel import SQLModel, create_engine
 
 from controller import models  # noqa: F401 -- registers the tables on SQLModel.metadata
+from controller.audit import install_guards  # also registers the audit tables
 
 
 def make_engine(url: str) -> Engine:
@@ -46,3 +47,4 @@ def init_schema(engine: Engine) -> None:
                     raise RuntimeError(f"table {table.name} lacks required column {column.name}: migrate it")
                 kind = column.type.compile(dialect=engine.dialect)
                 connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+    install_guards(engine)

@@ -64,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     load.add_argument("csv", type=Path)
 
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail (see docs/audit.md)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="check that no audit record was edited or removed")
+    verify.add_argument(
+        "--expect-head",
+        metavar="SEQ:HASH",
+        default=None,
+        help="a head noted earlier: it must still be there",
+    )
+
     bench = commands.add_parser("bench", help="benchmarks (see docs/performance.md)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     fanout = bench_commands.add_parser("fanout", help="time from POST to every terminal's acknowledgement")
@@ -168,6 +178,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.serve import load_regions
 
         return load_regions(settings, args.csv)
+    if args.command == "audit":
+        from deploy.audit import run_verify
+
+        return run_verify(settings, args.expect_head)
     if args.bench_command == "heartbeats":
         from bench.heartbeats import run_heartbeats_cli
 
