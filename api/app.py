@@ -6,8 +6,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.limits import BodyLimit
 from api.routes import (
+    accounts,
     alarms,
+    auth,
     broadcast_events,
     broadcasts,
     groups,
@@ -18,7 +21,9 @@ from api.routes import (
     system,
     terminals,
 )
+from controller.accounts import AccountNotFound, AccountRejected
 from controller.alarms import AlarmNotFound
+from controller.approvals import ApprovalRefused
 from controller.broadcasts import BroadcastConflict, BroadcastNotFound, BroadcastRejected
 from controller.groups import GroupNotFound, GroupRejected
 from controller.media import MediaRejected
@@ -28,6 +33,8 @@ from controller.service import Controller, NotAccepting
 from controller.settings import Settings
 from controller.speech import SpeechFailed
 from controller.terminals import TerminalNotFound, TerminalsRejected
+
+UPLOAD_PATHS = ("/api/v1/programmes/upload", "/api/v1/terminals/import")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -49,6 +56,13 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_request_bytes,
+        larger={path: settings.max_upload_bytes + 64 * 1024 for path in UPLOAD_PATHS},
+    )
+    app.include_router(auth.router, prefix="/api/v1")
+    app.include_router(accounts.router, prefix="/api/v1")
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
@@ -66,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ScheduleRejected)
     @app.exception_handler(MediaRejected)
     @app.exception_handler(SpeechFailed)
+    @app.exception_handler(AccountRejected)
     async def unprocessable(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
@@ -75,12 +90,17 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(AlarmNotFound)
     @app.exception_handler(ScheduleNotFound)
     @app.exception_handler(ProgrammeNotFound)
+    @app.exception_handler(AccountNotFound)
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
     @app.exception_handler(BroadcastConflict)
     async def conflict(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(ApprovalRefused)
+    async def forbidden(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
 
     @app.exception_handler(NotAccepting)
     async def unavailable(_request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,10 @@ from typing import Any
 
 import httpx
 
+from controller.accounts import Role
 from controller.embedded_broker import free_port
+from controller.settings import load_settings
+from deploy.admin import issue_api_key
 from deploy.mosquitto import MosquittoError, mosquitto_binary, run_mosquitto, stop_process
 
 HOST = "127.0.0.1"
@@ -284,6 +288,11 @@ class ControllerProcess:
         return self.process.pid
 
     async def start(self, timeout: float = 60.0) -> None:
+        if "X-API-Key" not in self.client.headers:
+            settings = load_settings(**self.overrides)
+            name = f"bench-{secrets.token_hex(4)}"
+            key = await asyncio.to_thread(issue_api_key, settings, name, settings.county_region, Role.ADMIN)
+            self.client.headers["X-API-Key"] = key
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -14,7 +14,7 @@ from enum import StrEnum
 from sqlmodel import Session, col, select
 
 from controller.metrics import Metrics
-from controller.models import Alarm
+from controller.models import Alarm, Terminal
 from controller.writer import DbWriter
 from devices.messages import Amplifier, Heartbeat, Speaker, Supply
 
@@ -118,3 +118,15 @@ def acknowledge(session: Session, alarm_id: str, by: str, at: datetime) -> Alarm
         session.commit()
         session.refresh(alarm)
     return alarm
+
+
+def alarm_region(session: Session, alarm_id: str) -> str:
+    """The region of the alarm's terminal; raises AlarmNotFound."""
+    row = session.exec(
+        select(Terminal.region_code)
+        .join(Alarm, col(Alarm.terminal_id) == col(Terminal.id))
+        .where(Alarm.id == alarm_id)
+    ).first()
+    if row is None:
+        raise AlarmNotFound(f"no alarm {alarm_id!r}")
+    return row

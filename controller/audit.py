@@ -394,3 +394,9 @@ def failures_since(
     if source is not None:
         query = query.where(AuditRecord.source == source)
     return session.exec(query).one()
+
+
+def commit_entry(session: Session, entry: AuditEntry, at: datetime) -> None:
+    """Append `entry` and commit: for an action whose own writes were committed already."""
+    append(session, entry, at)
+    session.commit()

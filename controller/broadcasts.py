@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, or_
@@ -21,18 +21,28 @@ from sqlmodel import Session, col, select
 
 from controller.delivery import FINAL_STATES, UNCONFIRMED, DeliveryState
 from controller.groups import GroupId
-from controller.models import SENDING_STATES, Broadcast, BroadcastState, Delivery, Terminal, TerminalGroup
+from controller.models import (
+    NEVER_SENT,
+    SENDING_STATES,
+    Broadcast,
+    BroadcastState,
+    Delivery,
+    Terminal,
+    TerminalGroup,
+)
 from controller.regions import missing_regions
 from controller.terminals import terminal_regions
 from devices.messages import (
     SUPERSEDES_MAX,
     AudioRef,
+    BroadcastStatus,
     Cancel,
     Command,
     Content,
     RegionCode,
     TerminalId,
     encode,
+    now_utc,
 )
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 
@@ -62,6 +72,19 @@ class BroadcastRequest(BaseModel):
     expires_at: AwareDatetime | None = None
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
+    status: BroadcastStatus = Field(
+        default=BroadcastStatus.ACTUAL,
+        description="actual, exercise (演练) or test (测试), as CAP's status. Terminals announce an exercise "
+        "or test as such before playing it; neither ever waits for approval",
+    )
+    event: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        default=None, description="what it is about, as CAP's event: 洪水, 台风, flood, typhoon"
+    )
+    confirmation: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None,
+        description="an actual emergency sent by a person needs the `confirmation` that "
+        "POST /api/v1/broadcasts/preview gave for this same request: proof its summary was shown",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
@@ -129,6 +152,7 @@ def build_command(
         volume=request.volume,
         repeat=request.repeat,
         supersedes=supersedes,
+        status=request.status,
     )
 
 
@@ -192,18 +216,43 @@ def resolve_terminals(session: Session, regions: list[str]) -> dict[str, str]:
     return dict(rows)
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Who asked for a broadcast, and what it answers."""
+
+    created_by: str | None = None
+    correction_of: str | None = None
+    """the broadcast it declares a false alarm"""
+    approval_deadline: datetime | None = None
+    """set: hold it for approval until then instead of sending it"""
+    held: Broadcast | None = None
+    """the held broadcast this approval turns into a live one"""
+    decided_by: str | None = None
+
+
 def accept(
     session: Session,
     request: BroadcastRequest,
     command: Command,
     updates: Broadcast | None = None,
     not_before: datetime | None = None,
+    provenance: Provenance = Provenance(),
 ) -> tuple[Broadcast, Target]:
     """Resolve the target, then store the broadcast and a pending delivery per terminal, atomically.
 
-    With `updates`, also mark that broadcast superseded by this one, in the same transaction.
+    With `updates`, also mark that broadcast superseded by this one, in the same transaction. With
+    an approval deadline, store it awaiting approval instead, with no deliveries: its target is
+    resolved again, and its command built afresh, when it is approved.
     """
     target = resolve_target(session, request, command.issuer_region)
+    if provenance.approval_deadline is not None:
+        held = _broadcast(request, command, target, updates, not_before, provenance)
+        held.state = BroadcastState.AWAITING_APPROVAL
+        held.request = request.model_dump_json(exclude={"confirmation"})
+        held.approval_deadline = provenance.approval_deadline
+        session.add(held)
+        session.commit()
+        return held, target
     if command.supersedes:
         rows = session.exec(
             select(Delivery.terminal_id, Delivery.state, Broadcast.kind)
@@ -219,24 +268,10 @@ def accept(
                 f"target or wider); {len(left_out)} terminal(s) would keep the old message, e.g. "
                 f"{', '.join(left_out[:5])}. Cancel it and send a new broadcast instead"
             )
-    broadcast = Broadcast(
-        id=command.id,
-        kind=command.kind.value,
-        level=int(command.level) if command.level is not None else None,
-        issuer_region=command.issuer_region,
-        regions=target.regions,
-        groups=sorted(set(request.groups)) or None,
-        terminal_ids=target.terminals or None,
-        supersedes=updates.id if updates is not None else None,
-        not_before=not_before,
-        text=request.text,
-        priority=command.priority,
-        issued_at=command.issued_at,
-        expires_at=command.expires_at,
-        state=BroadcastState.ACCEPTED,
-        terminals=len(target.reached),
-        command=encode(command).decode(),
-    )
+    broadcast = _broadcast(request, command, target, updates, not_before, provenance)
+    if provenance.held is not None:
+        broadcast.request = None
+        broadcast.decided_by, broadcast.decided_at = provenance.decided_by, command.issued_at
     session.add(broadcast)
     if updates is not None:
         updates.superseded_by = command.id
@@ -260,6 +295,43 @@ def accept(
         )
     session.commit()
     return broadcast, target
+
+
+def _broadcast(
+    request: BroadcastRequest,
+    command: Command,
+    target: Target,
+    updates: Broadcast | None,
+    not_before: datetime | None,
+    provenance: Provenance,
+) -> Broadcast:
+    """The broadcast's record: a new one, or the held one now approved, filled in from the command."""
+    values: dict[str, Any] = {
+        "kind": command.kind.value,
+        "level": int(command.level) if command.level is not None else None,
+        "issuer_region": command.issuer_region,
+        "regions": target.regions,
+        "groups": sorted(set(request.groups)) or None,
+        "terminal_ids": target.terminals or None,
+        "supersedes": updates.id if updates is not None else None,
+        "not_before": not_before,
+        "text": request.text,
+        "event": request.event,
+        "status": command.status.value,
+        "priority": command.priority,
+        "issued_at": command.issued_at,
+        "expires_at": command.expires_at,
+        "state": BroadcastState.ACCEPTED,
+        "terminals": len(target.reached),
+        "command": encode(command).decode(),
+    }
+    if provenance.held is None:
+        return Broadcast(
+            id=command.id, created_by=provenance.created_by, correction_of=provenance.correction_of, **values
+        )
+    for name, value in values.items():
+        setattr(provenance.held, name, value)
+    return provenance.held
 
 
 def _still_reached(state: str, kind: str) -> bool:
@@ -299,6 +371,12 @@ def updatable(session: Session, broadcast_id: str) -> Broadcast:
         raise BroadcastConflict(
             f"broadcast {broadcast_id} was already updated by {broadcast.superseded_by}; update that one"
         )
+    if broadcast.state in NEVER_SENT:
+        raise BroadcastConflict(f"broadcast {broadcast_id} was never sent ({broadcast.state})")
+    if broadcast.state == BroadcastState.AWAITING_APPROVAL:
+        raise BroadcastConflict(
+            f"broadcast {broadcast_id} is awaiting approval; cancel it and send the new one instead"
+        )
     return broadcast
 
 
@@ -326,10 +404,11 @@ def live_broadcasts(session: Session) -> list[tuple[Broadcast, dict[str, Deliver
 
 def record_cancel(
     session: Session, broadcast_id: str, new_cancel: Callable[[str], Cancel]
-) -> list[tuple[Broadcast, Cancel]]:
+) -> list[tuple[Broadcast, Cancel | None]]:
     """Store that the broadcast is being cancelled, with the exact cancel payload to send, and the
     same for the broadcasts it superseded that are still open (a terminal that missed the update
-    must not go on playing the older message). `new_cancel(id)` makes the cancel of one."""
+    must not go on playing the older message). `new_cancel(id)` makes the cancel of one. One
+    awaiting approval is withdrawn: cancelled with no cancel to send (None)."""
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
@@ -337,9 +416,16 @@ def record_cancel(
         raise BroadcastConflict(
             f"broadcast {broadcast_id} was replaced by its update {broadcast.superseded_by}; cancel that one"
         )
+    if broadcast.state == BroadcastState.AWAITING_APPROVAL:
+        # Never sent: withdrawn, with nothing to tell terminals.
+        broadcast.state = BroadcastState.CANCELLED
+        broadcast.finished_at = now_utc()
+        session.add(broadcast)
+        session.commit()
+        return [(broadcast, None)]
     if broadcast.state not in SENDING_STATES:
         raise BroadcastConflict(f"broadcast {broadcast_id} is {broadcast.state}; there is nothing to cancel")
-    cancelled = []
+    cancelled: list[tuple[Broadcast, Cancel | None]] = []
     for each in open_lineage(session, broadcast):
         cancel = new_cancel(each.id)
         each.state = BroadcastState.CANCELLING

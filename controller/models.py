@@ -46,10 +46,18 @@ class BroadcastState(StrEnum):
     CANCELLED = "cancelled"
     SUPERSEDED = "superseded"
     """replaced by an update; stays so while its last terminals report, and after"""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """held until a second person approves it (the two-person rule); nothing sent yet"""
+    REJECTED = "rejected"
+    """an approver refused it; nothing was sent"""
+    APPROVAL_EXPIRED = "approval_expired"
+    """no approver answered in time; nothing was sent"""
 
 
 SENDING_STATES = (BroadcastState.ACCEPTED, BroadcastState.ACTIVE)
 """a broadcast that is going out: it can be cancelled or superseded"""
+NEVER_SENT = (BroadcastState.REJECTED, BroadcastState.APPROVAL_EXPIRED)
+"""held for approval and never approved: no terminal ever heard of it"""
 
 
 def broadcast_over(state: str, finished_at: datetime | None) -> bool:
@@ -57,7 +65,13 @@ def broadcast_over(state: str, finished_at: datetime | None) -> bool:
     on each terminal until it is finished too."""
     if state == BroadcastState.SUPERSEDED:
         return finished_at is not None
-    return state in (BroadcastState.FINISHED, BroadcastState.EXPIRED, BroadcastState.CANCELLED)
+    return state in (
+        BroadcastState.FINISHED,
+        BroadcastState.EXPIRED,
+        BroadcastState.CANCELLED,
+        BroadcastState.REJECTED,
+        BroadcastState.APPROVAL_EXPIRED,
+    )
 
 
 class Region(SQLModel, table=True):
@@ -125,6 +139,7 @@ class Broadcast(SQLModel, table=True):
     )
     superseded_by: str | None = Field(default=None, max_length=64, description="the update that replaced it")
     text: str | None = None
+    event: str | None = Field(default=None, max_length=100, description="what it is about (CAP's event)")
     priority: int
     issued_at: datetime = _utc_column()
     expires_at: datetime = _utc_column(index=True)
@@ -133,6 +148,17 @@ class Broadcast(SQLModel, table=True):
     command: str = Field(description="the exact command payload, republished byte for byte")
     cancel_command: str | None = Field(default=None, description="the cancel payload, once cancelled")
     finished_at: datetime | None = _utc_column(default=None)
+    status: str | None = Field(default="actual", max_length=16, description="actual, exercise or test")
+    created_by: str | None = Field(default=None, max_length=80, index=True, description="who asked for it")
+    request: str | None = Field(
+        default=None, description="the request as given, kept while it awaits approval to build it from then"
+    )
+    approval_deadline: datetime | None = _utc_column(default=None)
+    decided_by: str | None = Field(default=None, max_length=80, description="who approved or rejected it")
+    decided_at: datetime | None = _utc_column(default=None)
+    correction_of: str | None = Field(
+        default=None, max_length=64, description="the broadcast this one declares a false alarm"
+    )
 
 
 class Delivery(SQLModel, table=True):
@@ -238,3 +264,59 @@ class ScheduleRun(SQLModel, table=True):
     broadcast_id: str | None = Field(default=None, max_length=64)
     outcome: str = Field(max_length=16, description="played, skipped (missed), failed")
     detail: str | None = Field(default=None, max_length=500)
+
+
+class Account(SQLModel, table=True):
+    """A person who signs in. They act within `region` and below, as their `role` allows."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    username: str = Field(unique=True, index=True, max_length=64)
+    role: str = Field(max_length=16)
+    region: str = Field(max_length=12, foreign_key="region.code")
+    password_hash: str = Field(max_length=200, description="argon2id, in its PHC string format")
+    token_version: int = Field(
+        default=0, description="raised when the password, role or region changes: older tokens stop working"
+    )
+    created_at: datetime = _utc_column(default_factory=now_utc)
+    created_by: str | None = Field(default=None, max_length=80)
+    disabled_at: datetime | None = _utc_column(default=None)
+
+
+class ApiKey(SQLModel, table=True):
+    """A machine client (an upstream warning system): acts like an account of `role` over `region`."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=16, description="the key's public part")
+    name: str = Field(unique=True, max_length=64)
+    role: str = Field(max_length=16)
+    region: str = Field(max_length=12, foreign_key="region.code")
+    secret_sha256: str = Field(max_length=64)
+    created_at: datetime = _utc_column(default_factory=now_utc)
+    created_by: str | None = Field(default=None, max_length=80)
+    revoked_at: datetime | None = _utc_column(default=None)
+
+
+class RefreshToken(SQLModel, table=True):
+    """A refresh token, kept as its hash. Each is used once; tokens descended from one sign-in share
+    a `family`, so a token used twice (stolen and replayed) ends the whole family."""
+
+    __tablename__ = "refresh_token"
+
+    id: str = Field(primary_key=True, max_length=64, description="SHA-256 of the token")
+    account_id: str = Field(index=True, max_length=32, foreign_key="account.id")
+    family: str = Field(index=True, max_length=32)
+    issued_at: datetime = _utc_column()
+    expires_at: datetime = _utc_column()
+    used_at: datetime | None = _utc_column(default=None)
+    revoked_at: datetime | None = _utc_column(default=None)
+
+
+class ServerKey(SQLModel, table=True):
+    """Secrets every controller process sharing the database must agree on (the token signing key)."""
+
+    __tablename__ = "server_key"
+
+    name: str = Field(primary_key=True, max_length=32)
+    value: str = Field(max_length=200)
+    created_at: datetime = _utc_column(default_factory=now_utc)

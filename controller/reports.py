@@ -4,7 +4,7 @@ silent, and, village by village, every terminal that did not play it and why."""
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
@@ -66,6 +66,12 @@ class BroadcastReport(BaseModel):
     supersedes: str | None
     superseded_by: str | None
     text: str | None
+    status: str = Field(description="actual, exercise (演练) or test (测试)")
+    event: str | None
+    created_by: str | None
+    approval_deadline: datetime | None = Field(description="while awaiting approval: when it lapses")
+    decided_by: str | None = Field(description="who approved (or rejected) it")
+    correction_of: str | None = Field(description="the broadcast it declares a false alarm")
     issued_at: datetime
     expires_at: datetime
     finished_at: datetime | None
@@ -202,6 +208,12 @@ def broadcast_report(
         supersedes=broadcast.supersedes,
         superseded_by=broadcast.superseded_by,
         text=broadcast.text,
+        status=broadcast.status or "actual",
+        event=broadcast.event,
+        created_by=broadcast.created_by,
+        approval_deadline=broadcast.approval_deadline,
+        decided_by=broadcast.decided_by,
+        correction_of=broadcast.correction_of,
         issued_at=broadcast.issued_at,
         expires_at=broadcast.expires_at,
         finished_at=broadcast.finished_at,

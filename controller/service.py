@@ -18,10 +18,14 @@ from typing import Any
 
 from sqlmodel import Session
 
+from controller.accounts import Principal
 from controller.alarms import AlarmTracker, Thresholds, open_alarms
+from controller.approvals import awaiting, held_request, lapse_overdue, needs_approval, reject
+from controller.audit import AuditEntry, append, commit_entry
 from controller.broadcasts import (
     BroadcastNotFound,
     BroadcastRequest,
+    Provenance,
     Target,
     accept,
     build_command,
@@ -57,6 +61,7 @@ from controller.terminals import (
     register_terminals,
     reissue_credentials,
 )
+from controller.tokens import signing_key
 from controller.tracker import DeliveryTracker, LiveBroadcast
 from controller.writer import DbWriter
 from devices.errors import ProtocolError
@@ -64,9 +69,11 @@ from devices.messages import (
     Ack,
     AudioRef,
     Cancel,
+    Command,
     ControllerStatus,
     Presence,
     TerminalStatus,
+    announcement,
     decode,
     decode_heartbeat,
     encode,
@@ -81,6 +88,7 @@ log = logging.getLogger(__name__)
 # A terminal still playing at expiry may finish; after this long it is marked expired too.
 PLAYBACK_GRACE = timedelta(minutes=10)
 _REJECTION_LOG_INTERVAL_S = 60.0
+APPROVAL_CHECK_INTERVAL_S = 5.0
 
 
 class NotAccepting(RuntimeError):
@@ -133,6 +141,9 @@ class Controller:
         self.failed_tasks: list[str] = []
         self._background: set[asyncio.Task[None]] = set()
         self._rejections_logged: dict[str, float] = {}
+        self.signing_key = ""
+        """the access-token signing key, loaded at start"""
+        self._approvals_checked = 0.0
 
     @property
     def connected(self) -> bool:
@@ -141,6 +152,8 @@ class Controller:
     async def start(self, *, connect_timeout: float | None = 10.0) -> None:
         """Start everything; wait up to `connect_timeout` s for the broker (None: don't wait)."""
         await asyncio.to_thread(init_schema, self.engine)
+        secret = self.settings.auth_secret
+        self.signing_key = secret.get_secret_value() if secret else await self.writer.call(signing_key)
         loaded = await self.writer.call(ensure_bundled_regions)
         if loaded:
             log.info("loaded %d bundled administrative regions (咸宁市)", loaded)
@@ -210,6 +223,8 @@ class Controller:
         updates: str | None = None,
         not_before: datetime | None = None,
         claim: Claim | None = None,
+        by: Principal | None = None,
+        correction_of: str | None = None,
     ) -> Broadcast:
         """Accept, persist and publish a broadcast; raises BroadcastRejected or NotAccepting.
 
@@ -218,10 +233,17 @@ class Controller:
         With `not_before` in the future it is staged: stored and tracked now, and published at that
         time by `release` (or, after a restart, by the sweep), so the database work of a scheduled
         run is done before its time, not at it.
+        `by` is who asked (None: the scheduler); a live level I/II alert from anyone is held for a
+        second person's approval (`approve`), unless it corrects a false alarm (`correction_of`).
         """
         if not self.accepting or self.dispatcher is None:
             raise NotAccepting("the controller is not accepting broadcasts")
         request = await self._spoken(request)
+        hold = (
+            by is not None
+            and correction_of is None
+            and needs_approval(request, self.settings.approval_levels)
+        )
         if updates is not None:
             if not is_command_id(updates):
                 raise BroadcastNotFound(f"no broadcast {updates!r}")
@@ -243,9 +265,66 @@ class Controller:
             staged = not_before if not_before is not None and not_before > now else None
             if claim is not None:
                 claim(session, command.id)
-            return accept(session, request, command, updates=earlier, not_before=staged)
+            provenance = Provenance(
+                created_by=by.name if by is not None else None,
+                correction_of=correction_of,
+                approval_deadline=now + timedelta(seconds=self.settings.approval_timeout_s) if hold else None,
+            )
+            if by is not None:
+                action = (
+                    "broadcast.correct"
+                    if correction_of
+                    else "broadcast.update"
+                    if updates
+                    else "broadcast.create"
+                )
+                append(session, _audit(by, action, command, request, correction_of or updates, hold), now)
+            return accept(session, request, command, earlier, staged, provenance)
 
         broadcast, target = await self.writer.call(store)
+        if broadcast.state == BroadcastState.AWAITING_APPROVAL:
+            log.info("broadcast %s (%d terminals) awaits approval", broadcast.id, broadcast.terminals)
+            return broadcast
+        await self._launch(broadcast, target, now)
+        return broadcast
+
+    async def approve(self, broadcast_id: str, by: Principal) -> Broadcast:
+        """A second person approves a held broadcast: built afresh (issued now; an `expires_in`
+        counts from now) for the terminals its target reaches now, then sent. Raises
+        BroadcastNotFound, BroadcastConflict (not held, or lapsed), ApprovalRefused, BroadcastRejected."""
+        if not self.accepting or self.dispatcher is None:
+            raise NotAccepting("the controller is not accepting broadcasts")
+        await self.writer.flush()
+        now = now_utc()
+
+        def store(session: Session) -> tuple[Broadcast, Target]:
+            held = awaiting(session, broadcast_id, by, now)
+            request = held_request(held)
+            earlier = updatable(session, held.supersedes) if held.supersedes is not None else None
+            ended = [b.id for b in open_lineage(session, earlier)] if earlier is not None else []
+            command = build_command(
+                request,
+                broadcast_id=held.id,
+                county_region=self.settings.county_region,
+                now=now,
+                max_expires_in=self.settings.max_expires_in_s,
+                supersedes=ended or None,
+            )
+            append(session, by.audit("broadcast.approve", "broadcast", held.id, held.issuer_region), now)
+            return accept(session, request, command, earlier, None, Provenance(held=held, decided_by=by.name))
+
+        broadcast, target = await self.writer.call(store)
+        await self._launch(broadcast, target, now)
+        return broadcast
+
+    async def reject(self, broadcast_id: str, by: Principal, reason: str | None) -> Broadcast:
+        """An approver refuses a held broadcast; nothing is ever sent for it."""
+        now = now_utc()
+        return await self.writer.call(lambda session: reject(session, broadcast_id, by, reason, now))
+
+    async def _launch(self, broadcast: Broadcast, target: Target, now: datetime) -> None:
+        """Track a stored broadcast and publish it (or leave it staged until its time)."""
+        assert self.dispatcher is not None
         self.metrics.broadcasts_accepted.labels(broadcast.kind).inc()
         live = _live(broadcast, dict.fromkeys(target.reached, DeliveryState.PENDING))
         self.tracker.track(live, now)
@@ -255,7 +334,7 @@ class Controller:
             broadcast.kind,
             ",".join(broadcast.regions + (broadcast.groups or []) + (broadcast.terminal_ids or [])[:5]),
             len(target.reached),
-            f", updating {updates}" if updates is not None else "",
+            f", updating {broadcast.supersedes}" if broadcast.supersedes is not None else "",
         )
         if broadcast.supersedes is not None:
             earlier_live = self.tracker.find(broadcast.supersedes)
@@ -263,7 +342,6 @@ class Controller:
                 self.tracker.supersede(earlier_live, now)
         await self.dispatcher.publish(live)
         broadcast.state = live.state
-        return broadcast
 
     async def release(self, broadcast_id: str) -> None:
         """Publish a staged broadcast now that its time has come."""
@@ -282,8 +360,9 @@ class Controller:
             return request
         if not self.settings.speak_alerts:
             return request
+        words = " ".join(filter(None, (announcement(request.status, request.language), request.text)))
         try:
-            speech = await self.speak(request.text, request.language)
+            speech = await self.speak(words, request.language)
         except (SpeechFailed, SpeechUnavailable, MediaRejected) as exc:
             log.warning("sending text without speech: %s", exc)
             return request
@@ -310,8 +389,9 @@ class Controller:
         )
         return await self.submit(request, not_before=due, claim=claim)
 
-    async def cancel(self, broadcast_id: str) -> Broadcast:
+    async def cancel(self, broadcast_id: str, by: Principal | None = None) -> Broadcast:
         """Cancel a broadcast: stored first, then sent to its regions (and later to stragglers).
+        One awaiting approval is withdrawn, with nothing to send.
 
         Raises BroadcastNotFound, or BroadcastConflict when it is already over or being cancelled.
         """
@@ -331,15 +411,27 @@ class Controller:
                 issued_at=now,
             )
 
-        cancelled = await self.writer.call(lambda session: record_cancel(session, broadcast_id, new_cancel))
+        def store(session: Session) -> list[tuple[Broadcast, Cancel | None]]:
+            if by is not None:
+                found = session.get(Broadcast, broadcast_id)
+                region = found.issuer_region if found is not None else None
+                append(session, by.audit("broadcast.cancel", "broadcast", broadcast_id, region), now)
+            return record_cancel(session, broadcast_id, new_cancel)
+
+        cancelled = await self.writer.call(store)
         for each, cancel in cancelled:
             live = self.tracker.find(each.id)
-            if live is not None:
+            if live is not None and cancel is not None:
                 self.tracker.cancel(live, encode(cancel), cancel.id, now)
                 log.info("broadcast %s cancelled by %s", each.id, cancel.id)
                 await self.dispatcher.publish_cancel(live)
                 each.state = live.state
         return cancelled[0][0]
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Add an action to the audit trail (for actions whose own writes are already committed)."""
+        now = now_utc()
+        await self.writer.call(lambda session: commit_entry(session, entry, now))
 
     async def register(self, specs: list[TerminalSpec]) -> Registration:
         """Register terminals (raises TerminalsRejected) and start tracking their presence. New
@@ -441,6 +533,7 @@ class Controller:
         while True:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
             try:
+                await self._lapse_approvals()
                 self.tracker.sweep(now_utc())
                 if self.connected:
                     self.presence.check(now_utc())
@@ -450,6 +543,15 @@ class Controller:
                     await self.dispatcher.retry_overdue(lambda t: self.presence_of(t) == Presence.ONLINE)
             except Exception:
                 log.exception("expiry sweep failed; trying again next round")
+
+    async def _lapse_approvals(self) -> None:
+        """Every few seconds: held broadcasts nobody approved in time lapse."""
+        if time.monotonic() - self._approvals_checked < APPROVAL_CHECK_INTERVAL_S:
+            return
+        self._approvals_checked = time.monotonic()
+        now = now_utc()
+        for broadcast_id in await self.writer.call(lambda session: lapse_overdue(session, now)):
+            log.warning("broadcast %s lapsed: nobody approved it in time; nothing was sent", broadcast_id)
 
     def _status_payload(self, state: str, session: int) -> bytes:
         return encode(
@@ -519,4 +621,26 @@ def _live(
         resumable=broadcast.kind == BroadcastKind.PROGRAMME,
         not_before=broadcast.not_before,
         owed_cancel=owed_cancel or set(),
+    )
+
+
+def _audit(
+    by: Principal, action: str, command: Command, request: BroadcastRequest, linked: str | None, held: bool
+) -> AuditEntry:
+    return by.audit(
+        action,
+        "broadcast",
+        command.id,
+        command.issuer_region,
+        kind=command.kind.value,
+        level=command.level,
+        status=command.status.value,
+        event=request.event,
+        regions=request.regions,
+        groups=request.groups,
+        terminals=request.terminals[:50],
+        text=request.text,
+        expires_at=command.expires_at.isoformat(),
+        linked=linked,
+        awaiting_approval=held,
     )

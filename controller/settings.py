@@ -5,7 +5,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from devices.identifiers import is_region_code, is_terminal_id
@@ -58,6 +58,25 @@ class Settings(BaseSettings):
     """add the offline engine's speech to broadcasts that carry only text"""
     timezone: str = "Asia/Shanghai"
     """the county's time zone, the default for schedules"""
+    auth_secret: SecretStr | None = None
+    """the key signing access tokens; default a random one kept in the database, shared by every
+    controller process using it"""
+    access_token_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 900
+    refresh_token_ttl_s: Annotated[int, Field(ge=300, le=30 * 86_400)] = 12 * 3600
+    """one shift: after this long without refreshing, sign in again"""
+    approval_levels: list[Annotated[int, Field(ge=1, le=4)]] = [1, 2]
+    """emergency levels whose live (`actual`) broadcasts wait for a second person's approval"""
+    approval_timeout_s: Annotated[int, Field(ge=30, le=86_400)] = 900
+    """a broadcast awaiting approval for this long lapses (`approval_expired`)"""
+    login_failures_max: Annotated[int, Field(ge=1, le=1000)] = 5
+    """failed sign-ins of one username within the window before it is refused for a while (429)"""
+    login_failures_per_source: Annotated[int, Field(ge=1, le=100_000)] = 50
+    """failed sign-ins from one address within the window (guessing across usernames)"""
+    login_failure_window_s: Annotated[int, Field(ge=10, le=86_400)] = 900
+    broadcasts_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 30
+    """broadcasts one account or API key may create a minute (429 beyond)"""
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
+    """largest request body (uploads: CUNXIANG_MAX_UPLOAD_BYTES)"""
     log_level: str = "INFO"
 
     @field_validator("database_url")

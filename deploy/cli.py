@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         help="register the terminals first with the controller at this URL",
     )
     simulate.add_argument(
+        "--api-key",
+        default=os.environ.get("CUNXIANG_API_KEY"),
+        help="an administrator's API key, for --register (default CUNXIANG_API_KEY)",
+    )
+    simulate.add_argument(
         "--divisions", type=Path, default=None, help="divisions CSV (default: bundled 咸宁市)"
     )
     simulate.add_argument(
@@ -73,6 +79,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a head noted earlier: it must still be there",
     )
+
+    admin = commands.add_parser("admin", help="accounts and API keys, straight into the database")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_commands.add_parser(
+        "create", help="create an account (the first administrator); the password comes from standard input"
+    )
+    create.add_argument("--username", required=True)
+    create.add_argument("--region", required=True, help="its home region code, e.g. 421202")
+    create.add_argument("--role", choices=("viewer", "operator", "approver", "admin"), default="admin")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input (no prompt)"
+    )
+    api_key = admin_commands.add_parser("api-key", help="create an API key for a machine client; prints it")
+    api_key.add_argument("--name", required=True)
+    api_key.add_argument("--region", required=True)
+    api_key.add_argument("--role", choices=("viewer", "operator", "approver", "admin"), default="operator")
 
     bench = commands.add_parser("bench", help="benchmarks (see docs/performance.md)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
@@ -174,6 +196,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.simulate import run_simulator
 
         return asyncio.run(run_simulator(settings, args))
+    if args.command == "admin":
+        from deploy.admin import create_admin, create_api_key
+
+        if args.admin_command == "create":
+            return create_admin(settings, args.username, args.region, args.role, args.password_stdin)
+        return create_api_key(settings, args.name, args.region, args.role)
     if args.command == "regions":
         from deploy.serve import load_regions
 

@@ -2,19 +2,34 @@
 
 import asyncio
 import logging
+import secrets
 import sys
 import time
 
+from sqlmodel import Session
+
 from api.app import create_app
+from controller.accounts import (
+    AccountNotFound,
+    NewAccount,
+    Role,
+    account_named,
+    create_account,
+    hash_password,
+)
+from controller.audit import AuditEntry, append
 from controller.embedded_broker import free_port, port_is_free
 from controller.regions import villages_under
 from controller.service import Controller
 from controller.settings import Settings
 from controller.terminals import TerminalSpec
 from deploy.serve import http_server
+from devices.messages import now_utc
 from simulator.fleet import fleet_for_villages
 
 log = logging.getLogger(__name__)
+
+DEMO_ADMIN = "demo-admin"
 
 
 def _port(host: str, wanted: int, what: str) -> int:
@@ -47,7 +62,8 @@ async def run_demo(
         simulator = await _start_simulated_county(controller, region, per_village, playback)
         if simulator is None:
             return 1
-        _print_banner(settings, controller, port, region)
+        password = await _demo_admin(controller)
+        _print_banner(settings, controller, port, region, password)
         await serving
     finally:
         if not serving.done():
@@ -88,13 +104,41 @@ async def _start_simulated_county(
     return simulator
 
 
-def _print_banner(settings: Settings, controller: Controller, port: int, region: str) -> None:
+async def _demo_admin(controller: Controller) -> str:
+    """The demo administrator, with a fresh random password each run (never a default one)."""
+    password = secrets.token_urlsafe(12)
+    password_hash = await asyncio.to_thread(hash_password, password)
+    county = controller.settings.county_region
+
+    def store(session: Session) -> None:
+        now = now_utc()
+        try:
+            account = account_named(session, DEMO_ADMIN)
+        except AccountNotFound:
+            new = NewAccount(username=DEMO_ADMIN, role=Role.ADMIN, region=county, password=password)
+            create_account(session, new, password_hash, "demo", now)
+        else:
+            account.password_hash, account.token_version = password_hash, account.token_version + 1
+            session.add(account)
+        entry = AuditEntry(actor="demo", source="cli", action="account.password", object_id=DEMO_ADMIN)
+        append(session, entry, now)
+        session.commit()
+
+    await controller.writer.call(store)
+    return password
+
+
+def _print_banner(settings: Settings, controller: Controller, port: int, region: str, password: str) -> None:
     assert controller.bus is not None
     base = f"http://{settings.http_host}:{port}"
     broker = "embedded amqtt broker" if settings.mqtt_url is None else "configured broker"
     body = (
-        '{"kind":"emergency","level":4,"regions":["' + region + '"],'
-        '"text":"这是一次应急广播系统测试，请勿惊慌。","expires_in":600}'
+        '{"kind":"emergency","level":4,"status":"exercise","regions":["' + region + '"],'
+        '"text":"这是一次应急广播系统演练，请勿惊慌。","expires_in":600}'
+    )
+    token = (
+        f"TOKEN=$(curl -s {base}/api/v1/auth/token -d username={DEMO_ADMIN} -d password='{password}' "
+        """| python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"""
     )
     print(
         f"""
@@ -102,13 +146,17 @@ Cunxiang (村响) demo is running.
   API docs   {base}/docs
   MQTT       {controller.bus.address} ({broker})
   Database   {settings.database_url}
+  Sign in    username {DEMO_ADMIN}  password {password}  (admin of {settings.county_region}; new each run)
 
-Send a test alert (level IV emergency) to every terminal in {region}:
-  curl -s -X POST {base}/api/v1/broadcasts -H 'content-type: application/json' -d '{body}'
+Sign in from a shell:
+  {token}
+Send an exercise alert (level IV, announced as a drill) to every terminal in {region}:
+  curl -s -X POST {base}/api/v1/broadcasts -H "Authorization: Bearer $TOKEN" \\
+       -H 'content-type: application/json' -d '{body}'
 Then follow it (use the "id" from the answer):
-  curl -s {base}/api/v1/broadcasts/<id>
+  curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/broadcasts/<id>
 Terminals and their presence:
-  curl -s '{base}/api/v1/terminals?limit=5'
+  curl -s -H "Authorization: Bearer $TOKEN" '{base}/api/v1/terminals?limit=5'
 Press Ctrl-C to stop.
 """,
         flush=True,

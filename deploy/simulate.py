@@ -27,9 +27,12 @@ def villages_in(divisions_csv: str, region: str) -> list[str]:
     ]
 
 
-def register_over_http(api: str, specs: list[SimulatedSpec]) -> None:
+def register_over_http(api: str, api_key: str | None, specs: list[SimulatedSpec]) -> None:
+    if not api_key:
+        raise SystemExit("registering needs an administrator's API key: --api-key or CUNXIANG_API_KEY")
     body = [{"id": s.terminal_id, "region": s.region} for s in specs]
-    response = httpx.post(f"{api.rstrip('/')}/api/v1/terminals", json=body, timeout=60)
+    headers = {"X-API-Key": api_key}
+    response = httpx.post(f"{api.rstrip('/')}/api/v1/terminals", json=body, headers=headers, timeout=60)
     response.raise_for_status()
     log.info("registered with %s: %s", api, response.json())
 
@@ -46,7 +49,7 @@ async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     specs = fleet_for_villages(villages, args.per_village)
     if args.register:
-        await asyncio.to_thread(register_over_http, args.register, specs)
+        await asyncio.to_thread(register_over_http, args.register, args.api_key, specs)
     address = BrokerAddress.from_url(url)
     try:
         scenario = load_scenario(args.scenario) if args.scenario else None

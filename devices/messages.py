@@ -65,6 +65,38 @@ class Content(BaseModel):
         return self
 
 
+class BroadcastStatus(StrEnum):
+    """Whether a broadcast is real (CAP's status): a terminal announces exercises and tests as such."""
+
+    ACTUAL = "actual"
+    EXERCISE = "exercise"
+    """a drill (演练): played in full, announced as a drill"""
+    TEST = "test"
+    """a technical test of the system (测试)"""
+
+
+# Spoken before the content of an exercise or a test, so no listener takes a drill for the real thing.
+_ANNOUNCEMENTS = {
+    BroadcastStatus.EXERCISE: {
+        "zh": "演练，演练。以下是应急演练信息。",
+        "en": "This is a drill. This is a drill.",
+    },
+    BroadcastStatus.TEST: {
+        "zh": "测试，测试。以下是系统测试信息。",
+        "en": "This is a test. This is only a test.",
+    },
+}
+
+
+def announcement(status: BroadcastStatus, language: str) -> str | None:
+    """What a terminal says before an exercise or test broadcast (none for an actual one), in the
+    content's language when we have it, else in Chinese."""
+    if status is BroadcastStatus.ACTUAL:
+        return None
+    words = _ANNOUNCEMENTS[status]
+    return words.get(language.split("-")[0].lower(), words["zh"])
+
+
 class Command(WireModel):
     """An instruction to play. Never retained; terminals de-duplicate by `id`."""
 
@@ -82,6 +114,8 @@ class Command(WireModel):
     supersedes: Annotated[list[CommandId], Field(min_length=1, max_length=SUPERSEDES_MAX)] | None = None
     """An update: the earlier commands it replaces (CAP's `references`): the one it updates, and
     that one's own predecessors still going, for terminals that missed an update in between."""
+    status: BroadcastStatus = BroadcastStatus.ACTUAL
+    """`exercise` and `test` commands are announced as such before their content (`announcement`)"""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

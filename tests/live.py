@@ -1,17 +1,21 @@
 """A live Cunxiang server inside the test's event loop, spoken to over real HTTP."""
 
 import asyncio
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+from sqlmodel import Session
 
 from api.app import create_app
+from controller.accounts import NewAccount, Role, create_account, hash_password, new_api_key
 from controller.service import Controller
 from controller.settings import Settings
 from deploy.serve import http_server
+from devices.messages import now_utc
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
 from simulator.runner import Fleet
@@ -30,6 +34,8 @@ class LiveServer:
         self.server = http_server(self.app, "127.0.0.1", self.port)
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         self._task: asyncio.Task[None] | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self.refresh_tokens: dict[str, str] = {}
 
     @property
     def controller(self) -> Controller:
@@ -51,15 +57,53 @@ class LiveServer:
             if time.monotonic() > deadline:
                 raise TimeoutError("server did not start")
             await asyncio.sleep(0.02)
+        # Unique: a test may start a second server on the same database.
+        self.http.headers["X-API-Key"] = await self.api_key(f"test-admin-{secrets.token_hex(4)}", Role.ADMIN)
 
     async def __aenter__(self) -> "LiveServer":
         await self.start()
         return self
 
+    async def api_key(self, name: str, role: Role, region: str | None = None) -> str:
+        """A new API key straight into the database (as `cunxiang admin api-key` makes one)."""
+
+        def store(session: Session) -> str:
+            _record, key = new_api_key(
+                session, name, role, region or self.settings.county_region, "tests", now_utc()
+            )
+            session.commit()
+            return key
+
+        return await self.controller.writer.call(store)
+
+    async def account(self, username: str, role: Role, region: str | None = None) -> httpx.AsyncClient:
+        """A new account, signed in through the token endpoint: a client carrying its access token.
+        Its password is `password-<username>`; its refresh token is in `refresh_tokens`."""
+        password = f"password-{username}"
+        new = NewAccount(
+            username=username, role=role, region=region or self.settings.county_region, password=password
+        )
+        password_hash = hash_password(password)
+
+        def store(session: Session) -> None:
+            create_account(session, new, password_hash, "tests", now_utc())
+            session.commit()
+
+        await self.controller.writer.call(store)
+        client = httpx.AsyncClient(base_url=self.http.base_url, timeout=30)
+        self._clients.append(client)
+        answer = await client.post("/api/v1/auth/token", data={"username": username, "password": password})
+        assert answer.status_code == 200, answer.text
+        client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        self.refresh_tokens[username] = answer.json()["refresh_token"]
+        return client
+
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
     async def stop(self) -> None:
+        for client in self._clients:
+            await client.aclose()
         await self.http.aclose()
         self.server.should_exit = True
         if self._task is not None:

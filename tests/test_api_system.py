@@ -89,4 +89,5 @@ async def test_region_lists_its_children(live: LiveServer) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["name"] == "咸安区" and len(body["children"]) == 17
-    assert (await live.http.get("/api/v1/regions/429999")).status_code == 404
+    assert (await live.http.get("/api/v1/regions/421202999")).status_code == 404
+    assert (await live.http.get("/api/v1/regions/429999")).status_code == 403  # outside the county

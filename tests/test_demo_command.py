@@ -52,16 +52,25 @@ def test_demo_picks_free_ports_and_an_alert_reaches_the_simulated_terminals(tmp_
             assert f"port {mqtt_port} is taken" in output
             assert f"port {http_port} is taken" in output
             base = re.search(r"API docs\s+(http://\S+)/docs", output).group(1)  # type: ignore[union-attr]
-            curl = re.search(r"curl -s -X POST .* -d '(\{.*\})'", output).group(1)  # type: ignore[union-attr]
+            sign_in = re.search(r"Sign in\s+username (\S+)\s+password (\S+)", output)
+            assert sign_in is not None, output
+            assert httpx.get(f"{base}/api/v1/terminals").status_code == 401
+            token = httpx.post(
+                f"{base}/api/v1/auth/token",
+                data={"username": sign_in.group(1), "password": sign_in.group(2)},
+                timeout=30,
+            ).json()["access_token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            curl = re.search(r"-d '(\{.*\})'", output).group(1)  # type: ignore[union-attr]
             accepted = httpx.post(
                 f"{base}/api/v1/broadcasts",
                 content=curl,
-                headers={"content-type": "application/json"},
+                headers={"content-type": "application/json"} | auth,
                 timeout=30,
             ).json()
-            assert accepted["terminals"] > 10
+            assert accepted["terminals"] > 10 and accepted["status"] == "exercise"
             deadline = time.monotonic() + 60
-            while (report := httpx.get(f"{base}/api/v1/broadcasts/{accepted['id']}").json())[
+            while (report := httpx.get(f"{base}/api/v1/broadcasts/{accepted['id']}", headers=auth).json())[
                 "state"
             ] != "finished":
                 assert time.monotonic() < deadline, report
@@ -99,6 +108,23 @@ def test_simulate_registers_its_terminals_and_they_come_online(tmp_path: Path) -
     api_port, broker_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUNXIANG_")}
     env["CUNXIANG_EMBEDDED_BROKER_PORT"] = str(broker_port)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "admin",
+            "api-key",
+            *("--name", "sim", "--region", "421202", "--role", "admin"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip()
+    auth = {"X-API-Key": key}
     serve = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "serve", "--port", str(api_port)],
         cwd=tmp_path,
@@ -125,6 +151,8 @@ def test_simulate_registers_its_terminals_and_they_come_online(tmp_path: Path) -
                 "2",
                 "--register",
                 base,
+                "--api-key",
+                key,
             ],
             cwd=tmp_path,
             env=env,
@@ -135,7 +163,7 @@ def test_simulate_registers_its_terminals_and_they_come_online(tmp_path: Path) -
         wait_for(follow(simulate), simulate, "simulated terminals online", timeout=60)
         deadline = time.monotonic() + 30
         while True:
-            page = httpx.get(f"{base}/api/v1/terminals", params={"region": "421202100"}).json()
+            page = httpx.get(f"{base}/api/v1/terminals", params={"region": "421202100"}, headers=auth).json()
             if page["total"] > 0 and all(t["presence"] == "online" for t in page["items"]):
                 break
             assert time.monotonic() < deadline, page
@@ -144,7 +172,8 @@ def test_simulate_registers_its_terminals_and_they_come_online(tmp_path: Path) -
         simulate.send_signal(signal.SIGINT)
         assert simulate.wait(timeout=30) == 0
         deadline = time.monotonic() + 30
-        while {t["presence"] for t in httpx.get(f"{base}/api/v1/terminals").json()["items"]} != {"offline"}:
+        terminals = f"{base}/api/v1/terminals"
+        while {t["presence"] for t in httpx.get(terminals, headers=auth).json()["items"]} != {"offline"}:
             assert time.monotonic() < deadline
             time.sleep(0.2)
     finally:

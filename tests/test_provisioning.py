@@ -89,7 +89,7 @@ async def test_new_credentials_replace_the_old_secret(live: LiveServer) -> None:
         ({"longitude": None}, "both latitude and longitude"),
         ({"kind": "siren"}, "string should match pattern"),
         ({"installed_on": "2025-13-01"}, "valid date"),
-        ({"region": "421299999999"}, "unknown region code(s): 421299999999"),
+        ({"region": "421202199999"}, "unknown region code(s): 421202199999"),
     ],
 )
 async def test_a_bad_terminal_description_is_refused_with_the_reason(

@@ -80,7 +80,7 @@ async def test_silent_villages_of_xianan_match_the_storm_scenario(live: LiveServ
 
 
 async def test_region_health_of_an_unknown_region_is_404(live: LiveServer) -> None:
-    assert (await live.http.get("/api/v1/regions/429999/health")).status_code == 404
+    assert (await live.http.get("/api/v1/regions/421202199/health")).status_code == 404
 
 
 async def test_a_flapping_terminal_is_reported_as_flapping_not_as_a_storm(live: LiveServer) -> None:

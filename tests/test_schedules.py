@@ -53,7 +53,7 @@ async def test_bad_schedules_are_refused_clearly_and_nothing_is_stored(live: Liv
         ({"until": "2026-11-01T00:00"}, "until is before start"),
         ({"timezone": "Asia/Xianning"}, "unknown time zone"),
         ({"programme_id": "nope"}, "no programme 'nope'"),
-        ({"regions": ["421299"]}, "unknown region code(s): 421299"),
+        ({"regions": ["421202199999"]}, "unknown region code(s): 421202199999"),
         ({"start": "2026-12-01T06:30+08:00"}, "without an offset"),
     ]
     for change, message in cases:

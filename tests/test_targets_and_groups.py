@@ -117,4 +117,4 @@ async def test_a_township_issuer_cannot_reach_the_next_township(live: LiveServer
     foreign = await live.http.post(
         "/api/v1/broadcasts", json=body | {"issuer_region": "421281", "regions": ["421281"]}
     )
-    assert foreign.status_code == 422 and "outside this controller's 421202" in foreign.text
+    assert foreign.status_code == 403 and "outside your region 421202" in foreign.text

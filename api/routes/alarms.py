@@ -4,15 +4,16 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from api.deps import ControllerDep, SessionDep
-from controller.alarms import acknowledge
+from api.auth import AUTH_RESPONSES, Operator, Problem, Viewer, ensure_covers
+from api.deps import ControllerDep, SessionDep, read
+from controller.alarms import acknowledge, alarm_region
 from controller.models import Alarm, Terminal
 from devices.messages import RegionCode, now_utc
 
-router = APIRouter(prefix="/alarms", tags=["alarms"])
+router = APIRouter(prefix="/alarms", tags=["alarms"], responses=AUTH_RESPONSES)
 
 
 class AlarmPublic(BaseModel):
@@ -27,11 +28,14 @@ class AlarmPublic(BaseModel):
 
 
 class Acknowledgement(BaseModel):
-    by: Annotated[str, Field(min_length=1, max_length=100, description="who has seen it")]
+    model_config = ConfigDict(extra="forbid")
+
+    note: Annotated[str, Field(max_length=500)] | None = Field(default=None, description="what is being done")
 
 
 @router.get("", response_model=list[AlarmPublic])
 def alarms(
+    who: Viewer,
     session: SessionDep,
     active: Annotated[
         bool | None, Query(description="only open (true) or only cleared (false) alarms")
@@ -40,21 +44,31 @@ def alarms(
     terminal: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> list[Alarm]:
-    """Alarms, newest first."""
-    query = select(Alarm)
+    """Alarms of terminals within your region (or `region`, within yours), newest first."""
+    region = region or who.region
+    ensure_covers(who, region, "the region asked for")
+    query = select(Alarm).join(Terminal, col(Terminal.id) == col(Alarm.terminal_id))
+    query = query.where(col(Terminal.region_code).startswith(region))
     if active is not None:
         query = query.where(col(Alarm.ended_at).is_(None) if active else col(Alarm.ended_at).is_not(None))
     if terminal is not None:
         query = query.where(Alarm.terminal_id == terminal)
-    if region is not None:
-        query = query.join(Terminal, col(Terminal.id) == col(Alarm.terminal_id)).where(
-            col(Terminal.region_code).startswith(region)
-        )
     return list(session.exec(query.order_by(col(Alarm.started_at).desc()).limit(limit)).all())
 
 
-@router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic)
-async def acknowledge_alarm(alarm_id: str, body: Acknowledgement, controller: ControllerDep) -> Alarm:
-    """Record that an operator has seen the alarm; it stays open until the fault clears. 404 if unknown."""
+@router.post(
+    "/{alarm_id}/acknowledge",
+    response_model=AlarmPublic,
+    responses={404: {"model": Problem, "description": "no such alarm"}},
+)
+async def acknowledge_alarm(
+    alarm_id: str, who: Operator, controller: ControllerDep, body: Acknowledgement | None = None
+) -> Alarm:
+    """Record that you have seen the alarm; it stays open until the fault clears. 404 if unknown."""
+    region = await read(controller, lambda session: alarm_region(session, alarm_id))
+    ensure_covers(who, region, f"alarm {alarm_id}")
     now = now_utc()
-    return await controller.writer.call(lambda session: acknowledge(session, alarm_id, body.by, now))
+    alarm = await controller.writer.call(lambda session: acknowledge(session, alarm_id, who.name, now))
+    note = body.note if body else None
+    await controller.record(who.audit("alarm.acknowledge", "alarm", alarm_id, region, note=note))
+    return alarm

@@ -10,7 +10,9 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
-from api.deps import ControllerDep
+from api.auth import AUTH_RESPONSES, Problem, Viewer
+from api.deps import ControllerDep, read
+from api.routes.broadcasts import visible
 from controller.models import Broadcast, broadcast_over
 from controller.regions import region_names
 from controller.reports import broadcast_report, delivery_regions, tally
@@ -33,13 +35,18 @@ class _Target(NamedTuple):
 @router.get(
     "/{broadcast_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **AUTH_RESPONSES,
+        404: {"model": Problem, "description": "no such broadcast"},
+    },
 )
 async def broadcast_events(
-    broadcast_id: str, request: Request, controller: ControllerDep
+    broadcast_id: str, who: Viewer, request: Request, controller: ControllerDep
 ) -> StreamingResponse:
     """`progress` events (counts per state and per region) whenever they change, then one `end`
     event with the full report when the broadcast is over."""
+    await read(controller, lambda session: visible(who, session, broadcast_id))
     target = await asyncio.to_thread(_load_target, controller, broadcast_id)
     if target is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no broadcast {broadcast_id!r}")

@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
 
+from api.auth import AUTH_RESPONSES, Operator, Problem, Viewer
 from api.deps import ControllerDep, SessionDep
 from controller.media import inspect_audio
 from controller.models import Programme
 from controller.programmes import SpokenProgramme, add_programme, get_programme, list_programmes
 from controller.speech import SpeechUnavailable
 
-router = APIRouter(prefix="/programmes", tags=["programmes"])
+router = APIRouter(prefix="/programmes", tags=["programmes"], responses=AUTH_RESPONSES)
 
 
 class ProgrammePublic(BaseModel):
@@ -33,13 +34,13 @@ class ProgrammePublic(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
-async def speak_programme(spec: SpokenProgramme, controller: ControllerDep) -> Programme:
+async def speak_programme(spec: SpokenProgramme, who: Operator, controller: ControllerDep) -> Programme:
     """A programme from text, spoken now by the offline engine (eSpeak NG) and kept as audio. Without
     an engine it is stored as text only (the answer has no `media`), for terminals that speak."""
     speech = None
     with contextlib.suppress(SpeechUnavailable):
         speech = await controller.speak(spec.text, spec.language, spec.speed)
-    return await controller.writer.call(
+    programme = await controller.writer.call(
         lambda session: add_programme(
             session,
             spec.title,
@@ -50,11 +51,22 @@ async def speak_programme(spec: SpokenProgramme, controller: ControllerDep) -> P
             voice=speech.voice if speech else None,
         )
     )
+    await controller.record(who.audit("programme.create", "programme", programme.id, title=spec.title))
+    return programme
 
 
-@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
+@router.post(
+    "/upload",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProgrammePublic,
+    responses={
+        413: {"model": Problem, "description": "larger than CUNXIANG_MAX_UPLOAD_BYTES"},
+        422: {"model": Problem, "description": "not audio we can play"},
+    },
+)
 async def upload_programme(
     request: Request,
+    who: Operator,
     controller: ControllerDep,
     title: Annotated[str, Form(min_length=1, max_length=200)],
     file: Annotated[UploadFile, File(description="MP3, WAV or Ogg audio (checked by content)")],
@@ -75,16 +87,24 @@ async def upload_programme(
         )
     info = await asyncio.to_thread(inspect_audio, data, limit)
     await asyncio.to_thread(controller.media.put, data, info)
-    return await controller.writer.call(
+    programme = await controller.writer.call(
         lambda session: add_programme(session, title, text=text or None, language=language, audio=info)
     )
+    await controller.record(
+        who.audit("programme.upload", "programme", programme.id, title=title, sha256=info.sha256)
+    )
+    return programme
 
 
 @router.get("", response_model=list[ProgrammePublic])
-def programmes(session: SessionDep, limit: int = 200) -> list[Programme]:
+def programmes(who: Viewer, session: SessionDep, limit: int = 200) -> list[Programme]:
     return list_programmes(session, max(1, min(limit, 1000)))
 
 
-@router.get("/{programme_id}", response_model=ProgrammePublic)
-def programme(programme_id: str, session: SessionDep) -> Programme:
+@router.get(
+    "/{programme_id}",
+    response_model=ProgrammePublic,
+    responses={404: {"model": Problem, "description": "no such programme"}},
+)
+def programme(programme_id: str, who: Viewer, session: SessionDep) -> Programme:
     return get_programme(session, programme_id)

@@ -4,11 +4,16 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 from sqlmodel import select
 
+from api.auth import AUTH_RESPONSES, Problem, Viewer, ensure_covers
 from api.deps import ControllerDep, SessionDep
 from controller.fleet_health import RegionHealth, region_health
 from controller.models import Region
 
-router = APIRouter(prefix="/regions", tags=["regions"])
+router = APIRouter(
+    prefix="/regions",
+    tags=["regions"],
+    responses={**AUTH_RESPONSES, 404: {"model": Problem, "description": "no such region"}},
+)
 
 
 class RegionPublic(BaseModel):
@@ -23,7 +28,9 @@ class RegionDetail(RegionPublic):
 
 
 @router.get("/{code}", response_model=RegionDetail)
-def region(code: str, session: SessionDep) -> RegionDetail:
+def region(code: str, who: Viewer, session: SessionDep) -> RegionDetail:
+    """A region within yours and the regions directly below it."""
+    ensure_covers(who, code, "the region")
     found = session.get(Region, code)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no region with code {code!r}")
@@ -34,9 +41,10 @@ def region(code: str, session: SessionDep) -> RegionDetail:
 
 
 @router.get("/{code}/health", response_model=RegionHealth)
-def health(code: str, session: SessionDep, controller: ControllerDep) -> RegionHealth:
+def health(code: str, who: Viewer, session: SessionDep, controller: ControllerDep) -> RegionHealth:
     """Terminals online, offline, lost, unknown, faulty and working, for the region and each region
     below it, and every village under it with no working terminal ("silent villages")."""
+    ensure_covers(who, code, "the region")
     found = session.get(Region, code)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no region with code {code!r}")

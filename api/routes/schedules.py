@@ -6,10 +6,12 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from api.deps import ControllerDep, SessionDep
-from controller.models import Schedule, ScheduleRun
+from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, ensure_covers, sees
+from api.deps import ControllerDep, SessionDep, read
+from controller.accounts import Principal
+from controller.models import Schedule, ScheduleRun, TerminalGroup
 from controller.schedules import (
     CalendarEntry,
     Conflict,
@@ -21,9 +23,12 @@ from controller.schedules import (
     recent_runs,
     save_schedule,
 )
+from controller.service import Controller
 from devices.messages import RegionCode, now_utc
 
-router = APIRouter(prefix="/schedules", tags=["schedules"])
+router = APIRouter(prefix="/schedules", tags=["schedules"], responses=AUTH_RESPONSES)
+_UNKNOWN: Responses = {404: {"model": Problem, "description": "no such schedule"}}
+_INVALID: Responses = {422: {"model": Problem, "description": "what is wrong with the schedule"}}
 MAX_CALENDAR_SPAN = timedelta(days=62)
 
 
@@ -83,48 +88,98 @@ def _saved(schedule: Schedule, conflicts: list[Conflict]) -> ScheduleSaved:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleSaved)
-async def create(spec: ScheduleSpec, controller: ControllerDep) -> ScheduleSaved:
-    """Store a schedule. 422 names what is wrong (an impossible recurrence, an unknown time zone or
-    programme, an end before the start); nothing is stored then."""
+async def _target_regions(controller: Controller, spec: ScheduleSpec) -> list[str]:
+    groups = await read(
+        controller,
+        lambda session: session.exec(
+            select(TerminalGroup).where(col(TerminalGroup.id).in_(spec.groups))
+        ).all(),
+    )
+    return list(spec.regions) + [code for group in groups for code in group.regions]
+
+
+async def _may_keep(
+    who: Principal, controller: Controller, spec: ScheduleSpec, schedule_id: str | None
+) -> None:
+    """403 unless the schedule's target (and the one it replaces) lies within `who`'s region."""
+    ensure_covers(who, await _target_regions(controller, spec), "the schedule's target")
+    if schedule_id is not None:
+        existing = await read(controller, lambda session: get_schedule(session, schedule_id))
+        ensure_covers(who, existing.regions, f"schedule {schedule_id}")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleSaved, responses=_INVALID)
+async def create(spec: ScheduleSpec, who: Operator, controller: ControllerDep) -> ScheduleSaved:
+    """Store a schedule for your region or below. 422 names what is wrong (an impossible
+    recurrence, an unknown time zone or programme, an end before the start); nothing is stored then."""
+    await _may_keep(who, controller, spec, None)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
         lambda session: save_schedule(session, spec, controller.settings.timezone, now)
     )
     controller.scheduler.reload()
+    await controller.record(
+        who.audit("schedule.create", "schedule", schedule.id, who.region, spec=_described(spec))
+    )
     return _saved(schedule, conflicts)
 
 
-@router.put("/{schedule_id}", response_model=ScheduleSaved)
-async def replace(schedule_id: str, spec: ScheduleSpec, controller: ControllerDep) -> ScheduleSaved:
+@router.put("/{schedule_id}", response_model=ScheduleSaved, responses={**_UNKNOWN, **_INVALID})
+async def replace(
+    schedule_id: str, spec: ScheduleSpec, who: Operator, controller: ControllerDep
+) -> ScheduleSaved:
+    await _may_keep(who, controller, spec, schedule_id)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
         lambda session: save_schedule(session, spec, controller.settings.timezone, now, schedule_id)
     )
     controller.scheduler.reload()
+    await controller.record(
+        who.audit("schedule.update", "schedule", schedule_id, who.region, spec=_described(spec))
+    )
     return _saved(schedule, conflicts)
 
 
-@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete(schedule_id: str, controller: ControllerDep) -> None:
+def _described(spec: ScheduleSpec) -> dict[str, object]:
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_UNKNOWN)
+async def delete(schedule_id: str, who: Operator, controller: ControllerDep) -> None:
+    existing = await read(controller, lambda session: get_schedule(session, schedule_id))
+    ensure_covers(who, existing.regions, f"schedule {schedule_id}")
     await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
     controller.scheduler.reload()
+    await controller.record(
+        who.audit("schedule.delete", "schedule", schedule_id, who.region, name=existing.name)
+    )
 
 
 @router.get("", response_model=list[SchedulePublic])
-def schedules(session: SessionDep) -> list[Schedule]:
-    return list(session.exec(select(Schedule).order_by(col(Schedule.name))).all())
+def schedules(who: Viewer, session: SessionDep) -> list[Schedule]:
+    """Schedules that play within your region."""
+    found = session.exec(select(Schedule).order_by(col(Schedule.name))).all()
+    return [schedule for schedule in found if sees(who, _regions(session, schedule))]
+
+
+def _regions(session: Session, schedule: Schedule) -> list[str]:
+    groups = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(schedule.groups))).all()
+    return schedule.regions + [code for group in groups for code in group.regions]
 
 
 @router.get("/calendar", response_model=Calendar)
 def schedule_calendar(
+    who: Viewer,
     session: SessionDep,
     controller: ControllerDep,
     start: Annotated[datetime, Query(alias="from", description="ISO 8601; without an offset: county time")],
     end: Annotated[datetime, Query(alias="to")],
     region: Annotated[RegionCode | None, Query(description="only what reaches this region")] = None,
 ) -> Calendar:
-    """What will play where and when, between `from` and `to` (at most 62 days)."""
+    """What will play where and when within your region (or `region`, within yours), between
+    `from` and `to` (at most 62 days)."""
+    region = region or who.region
+    ensure_covers(who, region, "the region asked for")
     zone = ZoneInfo(controller.settings.timezone)
     start, end = (t if t.tzinfo else t.replace(tzinfo=zone) for t in (start, end))
     if end <= start:
@@ -135,12 +190,16 @@ def schedule_calendar(
     return Calendar(entries=entries, truncated=truncated)
 
 
-@router.get("/{schedule_id}", response_model=ScheduleDetail)
+@router.get("/{schedule_id}", response_model=ScheduleDetail, responses=_UNKNOWN)
 def schedule(
-    schedule_id: str, session: SessionDep, runs: Annotated[int, Query(ge=0, le=500)] = 20
+    schedule_id: str, who: Viewer, session: SessionDep, runs: Annotated[int, Query(ge=0, le=500)] = 20
 ) -> ScheduleDetail:
     """A schedule, its next runs and how its last runs went."""
     found = get_schedule(session, schedule_id)
+    if not sees(who, _regions(session, found)):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"schedule {schedule_id} does not play within your region"
+        )
     history: list[ScheduleRun] = recent_runs(session, schedule_id, runs)
     return ScheduleDetail(
         **SchedulePublic.model_validate(found, from_attributes=True).model_dump(),

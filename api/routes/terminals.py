@@ -7,8 +7,10 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from api.deps import ControllerDep, SessionDep
+from api.auth import AUTH_RESPONSES, Admin, Problem, Responses, Viewer, ensure_covers
+from api.deps import ControllerDep, SessionDep, read
 from api.routes.alarms import AlarmPublic
+from controller.accounts import Principal
 from controller.models import Alarm, Broadcast, Delivery, PresenceEvent, Terminal
 from controller.service import Controller
 from controller.terminals import (
@@ -18,10 +20,13 @@ from controller.terminals import (
     in_service,
     list_terminals,
     parse_terminals_csv,
+    terminal_regions,
 )
 from devices.messages import Heartbeat, RegionCode
 
-router = APIRouter(prefix="/terminals", tags=["terminals"])
+router = APIRouter(prefix="/terminals", tags=["terminals"], responses=AUTH_RESPONSES)
+_UNKNOWN: Responses = {404: {"model": Problem, "description": "no such terminal in service"}}
+_INVALID: Responses = {422: {"model": Problem, "description": "what is wrong, line by line"}}
 
 
 class TerminalPublic(BaseModel):
@@ -118,14 +123,17 @@ def public(terminal: Terminal, controller: Controller) -> TerminalPublic:
 
 @router.get("", response_model=TerminalPage)
 def terminals(
+    who: Viewer,
     session: SessionDep,
     controller: ControllerDep,
     region: Annotated[RegionCode | None, Query(description="only terminals within this region")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TerminalPage:
-    """Terminals in service with their live presence (`unknown` while the controller is cut off)."""
-    rows, total = list_terminals(session, region, limit, offset)
+    """Terminals in service within your region (or `region`, within yours) with their live presence
+    (`unknown` while the controller is cut off)."""
+    ensure_covers(who, region or who.region, "the region asked for")
+    rows, total = list_terminals(session, region or who.region, limit, offset)
     return TerminalPage(items=[public(row, controller) for row in rows], total=total)
 
 
@@ -137,16 +145,19 @@ def _registered(registration: Registration) -> Registered:
     )
 
 
-@router.post("", response_model=Registered)
+@router.post("", response_model=Registered, responses=_INVALID)
 async def register(
-    specs: Annotated[list[TerminalSpec], Field(min_length=1, max_length=20_000)], controller: ControllerDep
+    specs: Annotated[list[TerminalSpec], Field(min_length=1, max_length=20_000)],
+    who: Admin,
+    controller: ControllerDep,
 ) -> Registered:
-    """Register terminals, or update the description of known ones (idempotent)."""
-    return _registered(await controller.register(specs))
+    """Register terminals within your region, or update the description of known ones (idempotent)."""
+    return await _register(who, controller, specs, "terminal.register")
 
 
-@router.post("/import", response_model=Registered)
+@router.post("/import", response_model=Registered, responses=_INVALID)
 async def import_csv(
+    who: Admin,
     controller: ControllerDep,
     text: Annotated[
         str,
@@ -158,19 +169,47 @@ async def import_csv(
     ],
 ) -> Registered:
     """Register terminals from CSV; every bad line is named (422) and then nothing is registered."""
-    return _registered(await controller.register(parse_terminals_csv(text)))
+    return await _register(who, controller, parse_terminals_csv(text), "terminal.import")
+
+
+async def _register(
+    who: Principal, controller: Controller, specs: list[TerminalSpec], action: str
+) -> Registered:
+    ensure_covers(who, [spec.region for spec in specs], "a terminal's region")
+    known = await read(controller, lambda session: terminal_regions(session, [spec.id for spec in specs]))
+    ensure_covers(who, list(known.values()), "a terminal already registered")
+    registration = await controller.register(specs)
+    await controller.record(
+        who.audit(
+            action,
+            "terminal",
+            specs[0].id if len(specs) == 1 else None,
+            who.region,
+            created=registration.created,
+            updated=registration.updated,
+            terminals=[spec.id for spec in specs[:100]],
+        )
+    )
+    return _registered(registration)
 
 
 @router.get("/unregistered", response_model=list[UnregisteredTerminal])
-def unregistered(controller: ControllerDep) -> list[UnregisteredTerminal]:
+def unregistered(who: Admin, controller: ControllerDep) -> list[UnregisteredTerminal]:
     """Terminal ids heard on the broker (status or heartbeats) that are not registered or not in
-    service: switched on before registration, misconfigured, or impostors. Latest first."""
-    return [UnregisteredTerminal(**s._asdict()) for s in controller.presence.strangers()]
+    service: switched on before registration, misconfigured, or impostors. Latest first. Those
+    claiming a region within yours; those claiming none only to administrators of the county."""
+    whole_county = who.covers(controller.settings.county_region)
+    return [
+        UnregisteredTerminal(**s._asdict())
+        for s in controller.presence.strangers()
+        if (who.covers(s.region) if s.region else whole_county)
+    ]
 
 
-@router.get("/{terminal_id}", response_model=TerminalDetail)
+@router.get("/{terminal_id}", response_model=TerminalDetail, responses=_UNKNOWN)
 def terminal(
     terminal_id: str,
+    who: Viewer,
     session: SessionDep,
     controller: ControllerDep,
     history: Annotated[int, Query(ge=0, le=1000)] = 50,
@@ -178,6 +217,7 @@ def terminal(
 ) -> TerminalDetail:
     """A terminal's description, presence and its history, last telemetry, alarms, last broadcasts."""
     found = in_service(session, terminal_id)
+    ensure_covers(who, found.region_code, f"terminal {terminal_id}")
     changes = session.exec(
         select(PresenceEvent)
         .where(PresenceEvent.terminal_id == terminal_id)
@@ -198,17 +238,28 @@ def terminal(
     )
 
 
-@router.post("/{terminal_id}/credentials", response_model=CredentialsPublic)
-async def new_credentials(terminal_id: str, controller: ControllerDep) -> Credentials:
+@router.post("/{terminal_id}/credentials", response_model=CredentialsPublic, responses=_UNKNOWN)
+async def new_credentials(terminal_id: str, who: Admin, controller: ControllerDep) -> Credentials:
     """A new MQTT secret for the terminal, shown once (the old one is no longer valid)."""
-    return await controller.reissue_credentials(terminal_id)
+    region = await _terminal_region(who, controller, terminal_id)
+    credentials = await controller.reissue_credentials(terminal_id)
+    await controller.record(who.audit("terminal.credentials", "terminal", terminal_id, region))
+    return credentials
 
 
-@router.delete("/{terminal_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def decommission(terminal_id: str, controller: ControllerDep) -> None:
+@router.delete("/{terminal_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_UNKNOWN)
+async def decommission(terminal_id: str, who: Admin, controller: ControllerDep) -> None:
     """Take the terminal out of service: no longer targeted, tracked or given broker access. Its
     deliveries stay in every report. Registering it again brings it back, with new credentials."""
+    region = await _terminal_region(who, controller, terminal_id)
     await controller.decommission(terminal_id)
+    await controller.record(who.audit("terminal.decommission", "terminal", terminal_id, region))
+
+
+async def _terminal_region(who: Principal, controller: Controller, terminal_id: str) -> str:
+    found = await read(controller, lambda session: in_service(session, terminal_id))
+    ensure_covers(who, found.region_code, f"terminal {terminal_id}")
+    return found.region_code
 
 
 def _last_broadcasts(session: Session, terminal_id: str, limit: int) -> list[PlayedBroadcast]:
