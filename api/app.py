@@ -10,6 +10,7 @@ from api.limits import BodyLimit
 from api.routes import (
     accounts,
     alarms,
+    audit,
     auth,
     broadcast_events,
     broadcasts,
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(auth.router, prefix="/api/v1")
     app.include_router(accounts.router, prefix="/api/v1")
+    app.include_router(audit.router, prefix="/api/v1")
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
