@@ -143,7 +143,7 @@ class Broadcast(SQLModel, table=True):
     priority: int
     issued_at: datetime = _utc_column()
     expires_at: datetime = _utc_column(index=True)
-    state: str = Field(default=BroadcastState.ACCEPTED, max_length=16, index=True)
+    state: str = Field(default=BroadcastState.ACCEPTED, max_length=24, index=True)
     terminals: int = 0
     command: str = Field(description="the exact command payload, republished byte for byte")
     cancel_command: str | None = Field(default=None, description="the cancel payload, once cancelled")

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     """one shift: after this long without refreshing, sign in again"""
     approval_levels: list[Annotated[int, Field(ge=1, le=4)]] = [1, 2]
     """emergency levels whose live (`actual`) broadcasts wait for a second person's approval"""
-    approval_timeout_s: Annotated[int, Field(ge=30, le=86_400)] = 900
+    approval_timeout_s: Annotated[int, Field(ge=5, le=86_400)] = 900
     """a broadcast awaiting approval for this long lapses (`approval_expired`)"""
     login_failures_max: Annotated[int, Field(ge=1, le=1000)] = 5
     """failed sign-ins of one username within the window before it is refused for a while (429)"""
