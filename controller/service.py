@@ -73,7 +73,6 @@ from devices.messages import (
     ControllerStatus,
     Presence,
     TerminalStatus,
-    announcement,
     decode,
     decode_heartbeat,
     encode,
@@ -360,9 +359,8 @@ class Controller:
             return request
         if not self.settings.speak_alerts:
             return request
-        words = " ".join(filter(None, (announcement(request.status, request.language), request.text)))
         try:
-            speech = await self.speak(words, request.language)
+            speech = await self.speak(request.text, request.language)
         except (SpeechFailed, SpeechUnavailable, MediaRejected) as exc:
             log.warning("sending text without speech: %s", exc)
             return request

@@ -4,7 +4,7 @@ import random
 from dataclasses import dataclass
 
 from devices.identifiers import is_region_code
-from devices.messages import Amplifier, Content, Speaker, Supply
+from devices.messages import Amplifier, BroadcastStatus, Content, Speaker, Supply, announcement
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,14 @@ class Behaviour:
     def start_delay(self, rng: random.Random) -> float:
         return rng.uniform(*self.start_delay_s)
 
-    def playback(self, content: Content) -> float:
-        """How long one play of `content` lasts."""
+    def playback(self, content: Content, status: BroadcastStatus = BroadcastStatus.ACTUAL) -> float:
+        """How long one play of `content` lasts, with the exercise or test announcement before it."""
         if self.playback_s is not None:
             return self.playback_s
+        spoken = announcement(status, content.language)
+        return (len(spoken) / SPEECH_CHARS_PER_S if spoken else 0.0) + self._content_length(content)
+
+    def _content_length(self, content: Content) -> float:
         if content.audio is not None:
             seconds = content.audio.duration_s or content.audio.size / AUDIO_BYTES_PER_S
             return max(MIN_PLAY_S, seconds)

@@ -243,7 +243,9 @@ class SimulatedTerminal:
             await self._carry_out(self.core.on_failed(command.id, now_utc(), fault))
             return
         await self._carry_out(self.core.on_started(command.id, now_utc()))
-        length = self._left.pop(command.id, self._behaviour.playback(command.content) * command.repeat)
+        length = self._left.pop(
+            command.id, self._behaviour.playback(command.content, command.status) * command.repeat
+        )
         self._playing = (command.id, time.monotonic() + length)
         await asyncio.sleep(length)
         self._playing = None

@@ -12,6 +12,7 @@ from devices.messages import (
     Ack,
     AckReason,
     AckStage,
+    BroadcastStatus,
     Command,
     Content,
     ControllerStatus,
@@ -19,6 +20,7 @@ from devices.messages import (
     Presence,
     TerminalStatus,
     WireModel,
+    announcement,
     canonical_json,
     decode,
     encode,
@@ -565,3 +567,10 @@ def test_canonical_json_does_not_depend_on_insertion_order() -> None:
 
 def test_canonical_json_is_compact() -> None:
     assert canonical_json({"a": [1, 2], "b": "村"}) == '{"a":[1,2],"b":"村"}'.encode()
+
+
+def test_exercises_and_tests_are_announced_in_the_contents_language() -> None:
+    assert announcement(BroadcastStatus.ACTUAL, "zh-CN") is None
+    assert announcement(BroadcastStatus.EXERCISE, "zh-CN") == "演练，演练。以下是应急演练信息。"
+    assert announcement(BroadcastStatus.TEST, "en") == "This is a test. This is only a test."
+    assert announcement(BroadcastStatus.EXERCISE, "bo") == "演练，演练。以下是应急演练信息。"
