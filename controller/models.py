@@ -249,6 +249,9 @@ class Schedule(SQLModel, table=True):
     missed: str = Field(default="skip", max_length=8, description="skip, or play if within `grace_s`")
     grace_s: int = 0
     enabled: bool = True
+    issuer_region: str | None = Field(
+        default=None, max_length=12, description="its runs are issued for this region (default: the county's)"
+    )
     created_at: datetime = _utc_column(default_factory=now_utc)
     updated_at: datetime = _utc_column(default_factory=now_utc)
 

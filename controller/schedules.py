@@ -175,6 +175,7 @@ def request_for(schedule: Schedule, programme: Programme) -> BroadcastRequest:
         text=programme.text or programme.title,
         language=programme.language,
         expires_in=schedule.expires_in_s,
+        issuer_region=schedule.issuer_region,
     )
 
 
@@ -222,9 +223,15 @@ def to_schedule(spec: ScheduleSpec, schedule_id: str, default_zone: str, now: da
 
 
 def save_schedule(
-    session: Session, spec: ScheduleSpec, default_zone: str, now: datetime, schedule_id: str | None = None
+    session: Session,
+    spec: ScheduleSpec,
+    default_zone: str,
+    now: datetime,
+    schedule_id: str | None = None,
+    issuer_region: str | None = None,
 ) -> tuple[Schedule, list[Conflict]]:
     """Check and store a schedule (new, or replacing `schedule_id`); returns it with its conflicts.
+    Its runs are issued for `issuer_region` (the region of whoever keeps it; default the county's).
 
     Raises ScheduleRejected (422), ProgrammeNotFound (422: the programme named does not exist),
     ScheduleNotFound (404: no schedule to replace). Nothing is stored unless all is well.
@@ -237,6 +244,7 @@ def save_schedule(
     if schedule_id is not None and existing is None:
         raise ScheduleNotFound(f"no schedule {schedule_id!r}")
     schedule = to_schedule(spec, schedule_id or "s" + secrets.token_hex(8), default_zone, now)
+    schedule.issuer_region = issuer_region
     try:
         terminals = set(resolve_target(session, request_for(schedule, programme), issuer_region="").reached)
     except BroadcastRejected as exc:

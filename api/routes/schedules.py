@@ -46,6 +46,7 @@ class SchedulePublic(BaseModel):
     missed: str
     grace_s: int
     enabled: bool
+    issuer_region: str | None
 
 
 class ConflictPublic(BaseModel):
@@ -115,7 +116,7 @@ async def create(spec: ScheduleSpec, who: Operator, controller: ControllerDep) -
     await _may_keep(who, controller, spec, None)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
-        lambda session: save_schedule(session, spec, controller.settings.timezone, now)
+        lambda session: save_schedule(session, spec, controller.settings.timezone, now, None, who.region)
     )
     controller.scheduler.reload()
     await controller.record(
@@ -131,7 +132,9 @@ async def replace(
     await _may_keep(who, controller, spec, schedule_id)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
-        lambda session: save_schedule(session, spec, controller.settings.timezone, now, schedule_id)
+        lambda session: save_schedule(
+            session, spec, controller.settings.timezone, now, schedule_id, who.region
+        )
     )
     controller.scheduler.reload()
     await controller.record(
