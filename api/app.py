@@ -2,10 +2,14 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from api.console import pages, session
+from api.console.session import SignInRequired, redirect_to_sign_in
 from api.limits import BodyLimit
 from api.routes import (
     accounts,
@@ -19,6 +23,7 @@ from api.routes import (
     programmes,
     regions,
     schedules,
+    speech,
     system,
     terminals,
 )
@@ -74,7 +79,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(programmes.router, prefix="/api/v1")
     app.include_router(media.router)
     app.include_router(regions.router, prefix="/api/v1")
+    app.include_router(speech.router, prefix="/api/v1")
     app.include_router(system.router)
+    app.include_router(session.router)
+    app.include_router(pages.router)
+    static = resources.files("api.console").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_exception_handler(SignInRequired, redirect_to_sign_in)  # type: ignore[arg-type]
 
     @app.exception_handler(BroadcastRejected)
     @app.exception_handler(TerminalsRejected)

@@ -20,6 +20,12 @@ from controller.models import Account
 from controller.tokens import TokenInvalid, read_access_token
 
 TOKEN_URL = "/api/v1/auth/token"
+ACCESS_COOKIE = "cx_access"
+"""the console's access token (HttpOnly, SameSite=Strict)"""
+CONSOLE_HEADER = "X-Cunxiang-Console"
+"""sent by the console's own scripts: a request carried by the cookie alone and changing something
+must have it, which a page on another site cannot add without the browser asking us first (CORS)"""
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -49,6 +55,13 @@ def current_principal(
     source = source_of(request)
     if key is None and token is not None and is_api_key(token):
         key, token = token, None
+    if key is None and token is None and ACCESS_COOKIE in request.cookies:
+        if request.method not in _SAFE_METHODS and CONSOLE_HEADER not in request.headers:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"a change signed in by the console's cookie must come from the console ({CONSOLE_HEADER})",
+            )
+        token = request.cookies[ACCESS_COOKIE]
     with Session(controller.engine) as session:
         if key is not None:
             principal = api_key_principal(session, key, source)

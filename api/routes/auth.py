@@ -4,7 +4,6 @@ import asyncio
 from datetime import timedelta
 from typing import Annotated
 
-from controller.audit import AuditEntry, append, commit_entry, failures_since
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
@@ -20,6 +19,7 @@ from controller.accounts import (
     needs_rehash,
     password_matches,
 )
+from controller.audit import AuditEntry, append, commit_entry, failures_since
 from controller.models import Account, Region
 from controller.service import Controller
 from controller.tokens import (
@@ -63,7 +63,7 @@ class PasswordChange(BaseModel):
     new_password: Annotated[str, Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
 
 
-def _answer(controller: Controller, account: Account, refresh: str) -> TokenAnswer:
+def token_answer(controller: Controller, account: Account, refresh: str) -> TokenAnswer:
     ttl = controller.settings.access_token_ttl_s
     return TokenAnswer(
         access_token=access_token(controller.signing_key, account, now_utc(), timedelta(seconds=ttl)),
@@ -89,15 +89,23 @@ async def sign_in(
     """Exchange a username and password (an OAuth2 password form) for an access token and a
     refresh token. Failed attempts are recorded; too many for one username, or from one address,
     within CUNXIANG_LOGIN_FAILURE_WINDOW_S are refused with 429 until older ones leave the window."""
+    account, refresh = await password_sign_in(controller, form.username, form.password, source_of(request))
+    return token_answer(controller, account, refresh)
+
+
+async def password_sign_in(
+    controller: Controller, username: str, password: str, source: str | None
+) -> tuple[Account, str]:
+    """Check a username and password, within the failure limits; the account and a new refresh
+    token, or HTTPException 401 / 429. Every attempt is in the audit trail."""
     settings = controller.settings
-    source = source_of(request)
     now = now_utc()
     window = timedelta(seconds=settings.login_failure_window_s)
 
     def failures(session: Session) -> tuple[int, int]:
         since = now - window
         return (
-            failures_since(session, action=LOGIN, actor=form.username, since=since),
+            failures_since(session, action=LOGIN, actor=username, since=since),
             failures_since(session, action=LOGIN, source=source, since=since) if source else 0,
         )
 
@@ -109,13 +117,11 @@ async def sign_in(
             headers={"Retry-After": str(settings.login_failure_window_s)},
         )
     account = await read(
-        controller, lambda s: s.exec(select(Account).where(Account.username == form.username)).first()
+        controller, lambda s: s.exec(select(Account).where(Account.username == username)).first()
     )
-    valid = await asyncio.to_thread(
-        password_matches, form.password, account.password_hash if account else None
-    )
+    valid = await asyncio.to_thread(password_matches, password, account.password_hash if account else None)
     if account is None or not valid or account.disabled_at is not None:
-        entry = AuditEntry(actor=form.username, action=LOGIN, outcome="denied", source=source)
+        entry = AuditEntry(actor=username, action=LOGIN, outcome="denied", source=source)
         await controller.writer.call(lambda s: commit_entry(s, entry, now))
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -123,7 +129,7 @@ async def sign_in(
             headers={"WWW-Authenticate": "Bearer"},
         )
     rehashed = (
-        await asyncio.to_thread(hash_password, form.password) if needs_rehash(account.password_hash) else None
+        await asyncio.to_thread(hash_password, password) if needs_rehash(account.password_hash) else None
     )
     ttl = timedelta(seconds=settings.refresh_token_ttl_s)
 
@@ -151,8 +157,7 @@ async def sign_in(
         session.refresh(current)
         return current, refresh
 
-    signed_in, refresh = await controller.writer.call(start_session)
-    return _answer(controller, signed_in, refresh)
+    return await controller.writer.call(start_session)
 
 
 @router.post(
@@ -163,16 +168,19 @@ async def sign_in(
 async def refresh(body: RefreshRequest, controller: ControllerDep) -> TokenAnswer:
     """Spend a refresh token for a new access token and a new refresh token. Each refresh token
     works once: presenting one again revokes every token of that sign-in."""
+    account, new = await spend_refresh_token(controller, body.refresh_token)
+    return token_answer(controller, account, new)
+
+
+async def spend_refresh_token(controller: Controller, token: str) -> tuple[Account, str]:
+    """The account and a new refresh token for a refresh token, or HTTPException 401."""
     ttl = timedelta(seconds=controller.settings.refresh_token_ttl_s)
     try:
-        account, new = await controller.writer.call(
-            lambda s: use_refresh_token(s, body.refresh_token, now_utc(), ttl)
-        )
+        return await controller.writer.call(lambda s: use_refresh_token(s, token, now_utc(), ttl))
     except TokenInvalid as exc:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
         ) from None
-    return _answer(controller, account, new)
 
 
 @router.get("/me", response_model=Me, responses=AUTH_RESPONSES)

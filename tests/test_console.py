@@ -1,0 +1,113 @@
+"""The operators' console in a real browser (Debian's Chromium, driven by Playwright) against a
+live controller, a real broker and a simulated township: sign in, send an exercise, watch its
+coverage reach 100%, cancel a second alert. Each page is photographed at 1366×768 into
+docs/screenshots/ (linked from the README)."""
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from controller.accounts import Role
+from controller.embedded_broker import EmbeddedBroker
+from controller.regions import villages_under
+from tests.conftest import make_settings
+from tests.live import LiveServer, eventually, specs_in
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+TINGSIQIAO = "421202100"  # 汀泗桥镇
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+async def live(sqlite_url: str, embedded_broker: EmbeddedBroker) -> AsyncIterator[LiveServer]:
+    async with LiveServer(make_settings(sqlite_url, embedded_broker.url)) as server:
+        yield server
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        await chromium.close()
+
+
+async def signed_in(live: LiveServer, browser: Browser, username: str, shot: str | None = None) -> Page:
+    context = await browser.new_context(
+        base_url=str(live.http.base_url), viewport={"width": 1366, "height": 768}, locale="zh-CN"
+    )
+    page = await context.new_page()
+    await page.goto("/")
+    await expect(page).to_have_url(f"{str(live.http.base_url).rstrip('/')}/login?next=/")
+    await page.get_by_label("用户名").fill(username)
+    await page.get_by_label("密码").fill(f"password-{username}")
+    if shot:
+        await screenshot(page, shot)
+    await page.get_by_role("button", name="登录").click()
+    await expect(page.get_by_test_id("who")).to_contain_text(username)
+    return page
+
+
+async def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / f"{name}.png")
+
+
+async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cancels_another(
+    live: LiveServer, browser: Browser
+) -> None:
+    villages = [v.code for v in await live.controller.writer.call(lambda s: villages_under(s, TINGSIQIAO))]
+    specs = specs_in(villages)
+    await live.register(specs)
+    await live.account("wang", Role.OPERATOR, "421202")
+    async with live.fleet(specs, playback_s=1.0):
+        await eventually(lambda: all(live.controller.presence_of(s.terminal_id) == "online" for s in specs))
+        page = await signed_in(live, browser, "wang", shot="login")
+        who = page.get_by_test_id("who")
+        await expect(who).to_contain_text("播发员")
+        await expect(who).to_contain_text("咸安区")
+
+        await page.get_by_role("link", name="发布预警").click()
+        await page.get_by_role("checkbox", name="汀泗桥镇").check()
+        await page.get_by_label("演练").check()
+        await page.get_by_label("IV级（一般，蓝色）").check()
+        await page.get_by_label("事件").fill("洪水")
+        await page.get_by_label("播报内容").fill(
+            "这是防汛应急演练：汀泗河水位上涨，请沿河群众按演练路线转移。"
+        )
+        await screenshot(page, "send")
+        await page.get_by_role("button", name="核对").click()
+        summary = page.locator("#confirm-summary")
+        await expect(summary).to_contain_text(f"{len(villages)}个村")
+        await expect(summary).to_contain_text(f"共{len(specs)}台终端")
+        await expect(summary).to_contain_text("IV级（一般，蓝色）洪水应急广播")
+        await expect(page.locator("#confirm-banner")).to_have_text("演练 —— 不是真实预警")
+        await screenshot(page, "confirm")
+        await page.get_by_role("button", name="确认发布").click()
+
+        await expect(page.get_by_test_id("coverage")).to_contain_text(
+            f"100% · {len(specs)} / {len(specs)}", timeout=60_000
+        )
+        await expect(page.locator("#bstate")).to_have_text("已结束", timeout=30_000)
+        await expect(page.locator("#by-region tbody tr")).to_have_count(len(villages))
+        await screenshot(page, "broadcast")
+
+        await page.get_by_role("link", name="发布预警").click()
+        await page.get_by_role("checkbox", name="汀泗桥镇").check()
+        await page.get_by_label("播报内容").fill("第二条演练信息，将被撤销。")
+        await page.get_by_role("button", name="核对").click()
+        await page.get_by_role("button", name="确认发布").click()
+        await expect(page.locator("#bstate")).to_have_text("发送中")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name="撤销").click()
+        await expect(page.locator("#bstate")).to_have_text("已撤销", timeout=30_000)
+
+        await page.get_by_role("link", name="首页").click()
+        rows = page.locator("table.list tbody tr")
+        await expect(rows).to_have_count(2)
+        await screenshot(page, "home")
