@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.console import pages, session
+from api.console import audit_page, pages, schedules_page, session
 from api.console.session import SignInRequired, redirect_to_sign_in
 from api.limits import BodyLimit
 from api.routes import (
@@ -83,6 +83,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(session.router)
     app.include_router(pages.router)
+    app.include_router(schedules_page.router)
+    app.include_router(audit_page.router)
     static = resources.files("api.console").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_exception_handler(SignInRequired, redirect_to_sign_in)  # type: ignore[arg-type]

@@ -5,7 +5,9 @@ docs/screenshots/ (linked from the README)."""
 
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -111,3 +113,46 @@ async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cance
         rows = page.locator("table.list tbody tr")
         await expect(rows).to_have_count(2)
         await screenshot(page, "home")
+
+
+async def test_schedules_are_kept_in_the_week_calendar_with_conflicts_and_the_audit_trail_shows_them(
+    live: LiveServer, browser: Browser
+) -> None:
+    await live.register(specs_in(["421202100001"]))
+    await live.account("boss", Role.ADMIN)
+    programme = await live.http.post(
+        "/api/v1/programmes", json={"title": "早间农技", "text": "晚稻收割后及时翻耕晒田。"}
+    )
+    assert programme.status_code == 201, programme.text
+    zone = ZoneInfo(live.settings.timezone)
+    start = (datetime.now(zone) + timedelta(days=1)).replace(hour=6, minute=30, second=0, microsecond=0)
+    page = await signed_in(live, browser, "boss")
+
+    for name in ("早间农技广播", "农技重播"):
+        await page.goto("/schedules/new")
+        await page.get_by_role("checkbox", name="汀泗桥镇").check()
+        await page.get_by_label("名称").fill(name)
+        await page.get_by_label("首次播出").fill(start.strftime("%Y-%m-%dT%H:%M"))
+        await page.get_by_label("重复").select_option(label="每天")
+        await page.get_by_role("button", name="保存").click()
+        await expect(page.get_by_text("已保存")).to_be_visible()
+    conflicts = page.locator("#conflict-list li")
+    await expect(conflicts).to_have_count(1)
+    await expect(conflicts).to_contain_text("早间农技广播")
+    await screenshot(page, "schedule-conflict")
+
+    await page.goto(f"/schedules?week={start.date().isoformat()}")
+    day = page.get_by_test_id("week").locator(".day").nth(start.weekday())
+    await expect(day.locator("a.slot")).to_have_count(2)
+    await expect(day).to_contain_text("06:30 早间农技广播")
+    await screenshot(page, "schedules")
+
+    await page.get_by_role("link", name="操作日志").click()
+    audit = page.get_by_test_id("audit")
+    await expect(audit.locator("tbody tr", has_text="schedule.create")).to_have_count(2)
+    await page.get_by_label("关键字").fill("农技重播")
+    await page.get_by_role("button", name="查询").click()
+    await expect(audit.locator("tbody tr")).to_have_count(1)
+    await page.get_by_label("关键字").fill("")
+    await page.get_by_role("button", name="查询").click()
+    await screenshot(page, "audit")

@@ -39,7 +39,7 @@ def reader(who: Annotated[Principal, Depends(console_principal)], session: Sessi
 ReaderDep = Annotated[Reader, Depends(reader)]
 
 
-def _page(request: Request, template: str, reader: Reader, **context: Any) -> HTMLResponse:
+def page(request: Request, template: str, reader: Reader, **context: Any) -> HTMLResponse:
     return render(request, template, who=reader.who, region_name=reader.region_name, **context)
 
 
@@ -61,7 +61,7 @@ def _concerning(
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     waiting = _concerning(session, reader.who, state=BroadcastState.AWAITING_APPROVAL, limit=100)
-    return _page(
+    return page(
         request,
         "home.html",
         reader,
@@ -74,7 +74,7 @@ def home(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLRespon
 @router.get("/approvals", response_class=HTMLResponse)
 def approvals(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     waiting = _concerning(session, reader.who, state=BroadcastState.AWAITING_APPROVAL, limit=100)
-    return _page(
+    return page(
         request, "approvals.html", reader, waiting=waiting, approver=reader.who.at_least(Role.APPROVER)
     )
 
@@ -83,12 +83,12 @@ def approvals(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLR
 def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     root = session.get(Region, reader.who.region)
     groups = [g for g in list_groups(session) if all(reader.who.covers(code) for code in g.regions)]
-    return _page(
+    return page(
         request,
         "send.html",
         reader,
         root=root,
-        children=_children(session, reader.who.region),
+        children=children_of(session, reader.who.region),
         groups=groups,
         can_send=reader.who.at_least(Role.OPERATOR),
     )
@@ -97,11 +97,11 @@ def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLRespon
 @router.get("/send/regions/{code}", response_class=HTMLResponse)
 def region_children(code: str, request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     """The regions directly below `code`, as more branches of the target tree (htmx)."""
-    children = _children(session, code) if reader.who.covers(code) else []
+    children = children_of(session, code) if reader.who.covers(code) else []
     return render(request, "region_branch.html", children=children)
 
 
-def _children(session: Session, code: str) -> list[Region]:
+def children_of(session: Session, code: str) -> list[Region]:
     return list(
         session.exec(select(Region).where(Region.parent_code == code).order_by(col(Region.code))).all()
     )
@@ -110,7 +110,7 @@ def _children(session: Session, code: str) -> list[Region]:
 @router.get("/broadcasts/{broadcast_id}", response_class=HTMLResponse)
 def broadcast(broadcast_id: str, request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     found = visible(reader.who, session, broadcast_id)
-    return _page(
+    return page(
         request,
         "broadcast.html",
         reader,

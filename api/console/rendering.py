@@ -1,5 +1,6 @@
 """Pages from the Jinja2 templates, with the labels of the reader's language and who is signed in."""
 
+import json
 from importlib import resources
 from typing import Any
 
@@ -14,6 +15,8 @@ from controller.accounts import Principal
 _templates = Jinja2Templates(directory=str(resources.files("api.console").joinpath("templates")))
 # A label or value missing from a page is an error, not a silently blank space.
 _templates.env.undefined = StrictUndefined
+# JSON with Chinese as written (Jinja's `tojson` escapes it to \uXXXX); autoescaping still applies.
+_templates.env.filters["readable_json"] = lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def render(

@@ -35,6 +35,8 @@
     return data;
   }
 
+  window.cunxiang = { api };
+
   function showError(element, message) {
     element.textContent = message;
     element.hidden = !message;
