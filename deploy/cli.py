@@ -96,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     api_key.add_argument("--region", required=True)
     api_key.add_argument("--role", choices=("viewer", "operator", "approver", "admin"), default="operator")
 
+    deploy = commands.add_parser("deploy", help="files for running it for real")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+    acl = deploy_commands.add_parser(
+        "mosquitto-acl",
+        help="Mosquitto's password file and ACL from the terminal registry (per-terminal rights)",
+    )
+    acl.add_argument("--out", type=Path, default=Path("/etc/mosquitto"), help="directory to write them into")
+
     bench = commands.add_parser("bench", help="benchmarks (see docs/performance.md)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     fanout = bench_commands.add_parser("fanout", help="time from POST to every terminal's acknowledgement")
@@ -202,6 +210,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.admin_command == "create":
             return create_admin(settings, args.username, args.region, args.role, args.password_stdin)
         return create_api_key(settings, args.name, args.region, args.role)
+    if args.command == "deploy":
+        from deploy.broker_access import run_mosquitto_acl
+
+        return run_mosquitto_acl(settings, args.out)
     if args.command == "regions":
         from deploy.serve import load_regions
 
