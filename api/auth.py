@@ -27,8 +27,8 @@ CONSOLE_HEADER = "X-Cunxiang-Console"
 must have it, which a page on another site cannot add without the browser asking us first (CORS)"""
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
-_bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+bearer_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 class Problem(BaseModel):
@@ -48,8 +48,8 @@ def source_of(request: Request) -> str | None:
 def current_principal(
     request: Request,
     controller: ControllerDep,
-    token: Annotated[str | None, Depends(_bearer)],
-    key: Annotated[str | None, Depends(_api_key)],
+    token: Annotated[str | None, Depends(bearer_scheme)],
+    key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
     """The account or API key behind the request; 401 when there is none or it is not valid."""
     source = source_of(request)
@@ -110,6 +110,14 @@ def ensure_covers(principal: Principal, codes: str | list[str], what: str) -> No
             status.HTTP_403_FORBIDDEN,
             f"{what} lies outside your region {principal.region}: {', '.join(outside[:10])}",
         )
+
+
+def covering(codes: list[str], default: str) -> str:
+    """The narrowest region holding every code (codes nest by prefix: 2, 4, 6, 9, 12 digits)."""
+    for n in (12, 9, 6, 4, 2):
+        if codes and all(len(code) >= n and code[:n] == codes[0][:n] for code in codes):
+            return codes[0][:n]
+    return default
 
 
 def sees(principal: Principal, codes: list[str]) -> bool:

@@ -12,9 +12,6 @@ request per caller, aimed at an object in township A (fresh where the request ch
 allowed caller must get the success status, not merely something other than 403.
 A route added without a row fails `test_every_route_has_a_row_in_the_table`.
 
-The cases marked `DEFECT n` fail against today's API; the numbers are those of the report on the
-branch `authority` (the lead fixes the API, the test stays as it is).
-
 SQLite only, with one server for the module: the rules do not depend on the database, and one
 server keeps the walk well under a minute.
 """
@@ -22,6 +19,7 @@ server keeps the walk well under a minute.
 import asyncio
 import itertools
 import math
+import shutil
 import struct
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,6 +118,8 @@ class Case:
     ok: int = 200
     variant: str = ""
     stream: bool = False
+    nobody: int = 401
+    """the answer without valid credentials: 401, or for a console page a redirect to sign in"""
 
     @property
     def id(self) -> str:
@@ -132,7 +132,7 @@ def expected(case: Case, caller: Caller) -> int:
     if rule.least is None:
         return case.ok
     if caller.role is None or caller.region is None:
-        return 401
+        return case.nobody
     if not caller.role.at_least(rule.least):
         return 403
     if rule.accounts_only and caller.kind != "account":
@@ -532,6 +532,8 @@ async def credentials(world: World, _caller: Caller) -> Call:
 
 
 VIEWER, OPERATOR, APPROVER, ADMIN = Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN
+# Without an engine installed, the speech route answers 503 to whoever may use it.
+SPEECH = 200 if shutil.which("espeak-ng") else 503
 CALENDAR = {"params": {"from": "2030-06-01T00:00", "to": "2030-06-08T00:00", "region": A}}
 
 CASES: list[Case] = [
@@ -551,12 +553,12 @@ CASES: list[Case] = [
     # Accounts and keys: administrators, over accounts and keys of their region.
     Case("POST", "/api/v1/accounts", Rule(ADMIN, A), new_account, 201),
     Case("GET", "/api/v1/accounts", Rule(ADMIN), at("/api/v1/accounts")),
-    # DEFECT 1 (this and the next): an account outside the caller's region answers 404, not 403.
+    # an account outside the caller's region answers 404, not 403.
     Case("GET", "/api/v1/accounts/{username}", Rule(ADMIN, A), at("/api/v1/accounts/{account_a}")),
     Case("PATCH", "/api/v1/accounts/{username}", Rule(ADMIN, A), patch_account),
     Case("POST", "/api/v1/api-keys", Rule(ADMIN, A), new_api_key, 201),
     Case("GET", "/api/v1/api-keys", Rule(ADMIN), at("/api/v1/api-keys")),
-    # DEFECT 1: so does an API key outside it.
+    # so does an API key outside it.
     Case("DELETE", "/api/v1/api-keys/{name}", Rule(ADMIN, A), revoke_api_key, 204),
     # The audit trail: approvers read it (filtered to their region); administrators verify it.
     Case("GET", "/api/v1/audit", Rule(APPROVER), at("/api/v1/audit")),
@@ -570,7 +572,7 @@ CASES: list[Case] = [
         at("/api/v1/broadcasts/preview", json=notice()),
     ),
     Case("POST", "/api/v1/broadcasts", Rule(OPERATOR, A), at("/api/v1/broadcasts", json=notice()), 201),
-    # DEFECT 2: a target of single terminals outside the caller's region answers 422, not 403.
+    # a target of single terminals outside the caller's region answers 422, not 403.
     Case(
         "POST",
         "/api/v1/broadcasts/preview",
@@ -578,7 +580,7 @@ CASES: list[Case] = [
         preview_terminal_a,
         variant="a terminal of A, issuer not named",
     ),
-    # DEFECT 2: the same when sending it.
+    # the same when sending it.
     Case(
         "POST",
         "/api/v1/broadcasts",
@@ -636,7 +638,7 @@ CASES: list[Case] = [
     Case("PUT", "/api/v1/groups/{group_id}", Rule(OPERATOR, A), put_group),
     Case("GET", "/api/v1/groups", Rule(VIEWER), at("/api/v1/groups")),
     Case("GET", "/api/v1/groups/{group_id}", Rule(VIEWER, A), at("/api/v1/groups/{group_a}")),
-    # DEFECT 3: a group of single terminals (no regions) is seen by anyone...
+    # a group of single terminals (no regions) is seen by anyone...
     Case(
         "GET",
         "/api/v1/groups/{group_id}",
@@ -645,7 +647,7 @@ CASES: list[Case] = [
         variant="a group of terminals of A",
     ),
     Case("DELETE", "/api/v1/groups/{group_id}", Rule(OPERATOR, A), delete_group, 204),
-    # DEFECT 3: ...and deleted by any operator.
+    # ...and deleted by any operator.
     Case(
         "DELETE",
         "/api/v1/groups/{group_id}",
@@ -664,7 +666,7 @@ CASES: list[Case] = [
     ),
     # Schedules: operators keep them within their region; anyone they play for sees them.
     Case("POST", "/api/v1/schedules", Rule(OPERATOR, A), new_schedule, 201),
-    # DEFECT 3: ...and a schedule from any region may target it...
+    # ...and a schedule from any region may target it...
     Case(
         "POST",
         "/api/v1/schedules",
@@ -674,7 +676,7 @@ CASES: list[Case] = [
         variant="a group of terminals of A",
     ),
     Case("PUT", "/api/v1/schedules/{schedule_id}", Rule(OPERATOR, A), put_schedule),
-    # DEFECT 4: a schedule targeting a group (no regions of its own) can be taken over...
+    # a schedule targeting a group (no regions of its own) can be taken over...
     Case(
         "PUT",
         "/api/v1/schedules/{schedule_id}",
@@ -683,7 +685,7 @@ CASES: list[Case] = [
         variant="one targeting a group of A",
     ),
     Case("DELETE", "/api/v1/schedules/{schedule_id}", Rule(OPERATOR, A), delete_schedule, 204),
-    # DEFECT 4: ...and deleted by any operator.
+    # ...and deleted by any operator.
     Case(
         "DELETE",
         "/api/v1/schedules/{schedule_id}",
@@ -707,7 +709,7 @@ CASES: list[Case] = [
         at("/api/v1/schedules/{schedule_a_group}"),
         variant="one targeting a group of A",
     ),
-    # DEFECT 3: ...while a schedule of such a group is hidden from everyone, the county too.
+    # ...while a schedule of such a group is hidden from everyone, the county too.
     Case(
         "GET",
         "/api/v1/schedules/{schedule_id}",
@@ -729,6 +731,37 @@ CASES: list[Case] = [
     # Regions.
     Case("GET", "/api/v1/regions/{code}", Rule(VIEWER, A), at(f"/api/v1/regions/{A}")),
     Case("GET", "/api/v1/regions/{code}/health", Rule(VIEWER, A), at(f"/api/v1/regions/{A}/health")),
+    # Hearing a text before sending it.
+    Case("POST", "/api/v1/speech", Rule(OPERATOR), at("/api/v1/speech", json={"text": "你好"}), SPEECH),
+    # The console's pages: the same principal (the console's cookie, or a token or key); without
+    # one, a redirect to sign in. Signing in and out, and the language, are for anyone.
+    Case("GET", "/login", PUBLIC, at("/login")),
+    Case("POST", "/login", PUBLIC, at("/login", data={"username": "nobody", "password": "x"}), 401),
+    Case("POST", "/logout", PUBLIC, at("/logout"), 303),
+    Case("GET", "/session/refresh", PUBLIC, at("/session/refresh"), 303),
+    Case("POST", "/session/refresh", PUBLIC, at("/session/refresh"), 303),
+    Case("GET", "/language/{language}", PUBLIC, at("/language/en"), 303),
+    Case("GET", "/", Rule(VIEWER), at("/"), nobody=303),
+    Case("GET", "/approvals", Rule(VIEWER), at("/approvals"), nobody=303),
+    Case("GET", "/send", Rule(VIEWER), at("/send"), nobody=303),
+    Case("GET", "/send/regions/{code}", Rule(VIEWER, A), at(f"/send/regions/{A}"), nobody=303),
+    Case(
+        "GET",
+        "/broadcasts/{broadcast_id}",
+        Rule(VIEWER, A, reach=True),
+        at("/broadcasts/{broadcast_a}"),
+        nobody=303,
+    ),
+    Case("GET", "/schedules", Rule(VIEWER, A), at("/schedules", params={"region": A}), nobody=303),
+    Case("GET", "/schedules/new", Rule(VIEWER), at("/schedules/new"), nobody=303),
+    Case(
+        "GET",
+        "/schedules/{schedule_id}/edit",
+        Rule(VIEWER, A, reach=True),
+        at("/schedules/{schedule_a}/edit"),
+        nobody=303,
+    ),
+    Case("GET", "/audit", Rule(VIEWER), at("/audit"), nobody=303),
 ]
 
 
@@ -810,7 +843,7 @@ async def test_lists_show_only_what_lies_within_the_callers_region(world: World)
             problems.append(f"{url}: the county's list lacks {sorted((a_ids | b_ids) - seen['county'])}")
         if not a_ids <= seen["a"] or seen["a"] & b_ids:
             problems.append(f"{url}: township A's list is {sorted(seen['a'])}")
-        # DEFECT 3: B's list of groups holds A's group of terminals; A's and the county's lists of
+        # B's list of groups holds A's group of terminals; A's and the county's lists of
         # schedules lack the schedule of that group.
         if not b_ids <= seen["b"] or seen["b"] & a_ids:
             problems.append(f"{url}: township B's list is {sorted(seen['b'])}")
@@ -820,7 +853,7 @@ async def test_lists_show_only_what_lies_within_the_callers_region(world: World)
         records = (await listed(f"approver-{place}", "/api/v1/audit", "object_id", limit=1000)) & a_objects
         wanted = set() if place == "b" else a_objects
         if records != wanted:
-            # DEFECT 5: records of group and schedule actions carry the actor's region, not the object's.
+            # records of group and schedule actions carry the actor's region, not the object's.
             problems.append(
                 f"/api/v1/audit: {place}'s trail holds {sorted(records)} of A's, not {sorted(wanted)}"
             )

@@ -6,6 +6,8 @@ SQLite file.
 
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ CITY = "4212"  # 咸宁市: one terminal in each of its 1,096 villages
 TERMINALS = 1096
 
 
-def report(base: str, broadcast_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{base}/api/v1/broadcasts/{broadcast_id}", timeout=10).json()
+def report(base: str, key: str, broadcast_id: str) -> dict[str, Any]:
+    url = f"{base}/api/v1/broadcasts/{broadcast_id}"
+    body: dict[str, Any] = httpx.get(url, headers={"X-API-Key": key}, timeout=10).json()
     return body
 
 
@@ -44,7 +47,24 @@ def test_sigkill_mid_broadcast_then_restart_completes_every_terminal(
         database_url=f"sqlite:///{tmp_path / 'cx.db'}",
         retry_after_s="1",
         county_region=CITY,
+        approval_levels="[]",  # the two-person rule has its own tests; here the alert goes at once
     )
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "admin",
+            "api-key",
+            *("--name", "ops", "--region", CITY, "--role", "admin"),
+        ],
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = made.stdout.strip()
     serve = cunxiang("serve", "--port", str(port), env=env, cwd=str(tmp_path))
     simulate = None
     try:
@@ -59,14 +79,18 @@ def test_sigkill_mid_broadcast_then_restart_completes_every_terminal(
             "4",
             "--register",
             base,
+            "--api-key",
+            key,
             env=env,
             cwd=str(tmp_path),
         )
         wait_for(follow(simulate), simulate, "simulated terminals online", timeout=90)
         body = {"kind": "emergency", "level": 1, "regions": [CITY], "text": "溃坝预警", "expires_in": 300}
-        accepted = httpx.post(f"{base}/api/v1/broadcasts", json=body, timeout=30).json()
+        accepted = httpx.post(
+            f"{base}/api/v1/broadcasts", json=body, headers={"X-API-Key": key}, timeout=30
+        ).json()
         assert accepted["terminals"] == TERMINALS
-        until(lambda: report(base, accepted["id"])["counts"]["playing"] > 300, 30, "terminals playing")
+        until(lambda: report(base, key, accepted["id"])["counts"]["playing"] > 300, 30, "terminals playing")
 
         serve.send_signal(signal.SIGKILL)
         serve.wait(10)
@@ -78,7 +102,7 @@ def test_sigkill_mid_broadcast_then_restart_completes_every_terminal(
         serve = cunxiang("serve", "--port", str(port), env=env, cwd=str(tmp_path))
         wait_for(follow(serve), serve, "Application startup complete", timeout=60)
         final = until(
-            lambda: (r := report(base, accepted["id"]))["state"] == "finished" and r,
+            lambda: (r := report(base, key, accepted["id"]))["state"] == "finished" and r,
             60,
             "the broadcast to finish",
         )

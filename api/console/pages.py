@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session, col, select
 
-from api.auth import sees
+from api.auth import ensure_covers
 from api.console.rendering import render
 from api.console.session import console_principal
 from api.deps import SessionDep
-from api.routes.broadcasts import visible
+from api.routes.broadcasts import concerns, visible
+from api.routes.groups import group_regions
 from controller.accounts import Principal, Role
 from controller.groups import list_groups
 from controller.models import Broadcast, BroadcastState, Region
@@ -51,7 +52,7 @@ def _concerning(
         query = query.where(Broadcast.state == state)
     found = []
     for broadcast in session.exec(query.limit(2000)):
-        if who.covers(broadcast.issuer_region) or sees(who, broadcast.regions):
+        if concerns(who, broadcast):
             found.append(broadcast)
             if len(found) == limit:
                 break
@@ -82,7 +83,7 @@ def approvals(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLR
 @router.get("/send", response_class=HTMLResponse)
 def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     root = session.get(Region, reader.who.region)
-    groups = [g for g in list_groups(session) if all(reader.who.covers(code) for code in g.regions)]
+    groups = [g for g in list_groups(session) if all(reader.who.covers(c) for c in group_regions(session, g))]
     return page(
         request,
         "send.html",
@@ -97,8 +98,8 @@ def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLRespon
 @router.get("/send/regions/{code}", response_class=HTMLResponse)
 def region_children(code: str, request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     """The regions directly below `code`, as more branches of the target tree (htmx)."""
-    children = children_of(session, code) if reader.who.covers(code) else []
-    return render(request, "region_branch.html", children=children)
+    ensure_covers(reader.who, code, "the region")
+    return render(request, "region_branch.html", children=children_of(session, code))
 
 
 def children_of(session: Session, code: str) -> list[Region]:

@@ -12,8 +12,9 @@ from sqlmodel import Session, col, select
 from api.auth import ensure_covers, sees
 from api.console.pages import ReaderDep, children_of, page
 from api.deps import ControllerDep, SessionDep
+from api.routes.schedules import schedule_regions
 from controller.accounts import Role
-from controller.models import Region, Schedule, TerminalGroup
+from controller.models import Region, Schedule
 from controller.programmes import list_programmes
 from controller.schedules import CalendarEntry, calendar, get_schedule
 from devices.messages import RegionCode, now_utc
@@ -48,7 +49,7 @@ def schedules(
     by_day: dict[date, list[CalendarEntry]] = {day: [] for day in days}
     for entry in entries:
         by_day.setdefault(entry.local.date(), []).append(entry)
-    kept = [s for s in _all(session) if sees(reader.who, _regions(session, s))]
+    kept = [s for s in _all(session) if sees(reader.who, schedule_regions(session, s))]
     return page(
         request,
         "schedules.html",
@@ -74,7 +75,7 @@ def new_schedule(request: Request, reader: ReaderDep, session: SessionDep) -> HT
 @router.get("/schedules/{schedule_id}/edit", response_class=HTMLResponse)
 def edit_schedule(schedule_id: str, request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     found = get_schedule(session, schedule_id)
-    if not sees(reader.who, _regions(session, found)):
+    if not sees(reader.who, schedule_regions(session, found)):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, f"schedule {schedule_id} does not play within your region"
         )
@@ -100,11 +101,6 @@ def _form(request: Request, reader: ReaderDep, session: Session, schedule: Sched
 
 def _all(session: Session) -> list[Schedule]:
     return list(session.exec(select(Schedule).order_by(col(Schedule.name))).all())
-
-
-def _regions(session: Session, schedule: Schedule) -> list[str]:
-    groups = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(schedule.groups))).all()
-    return schedule.regions + [code for group in groups for code in group.regions]
 
 
 def _choices(session: Session, code: str) -> list[Region]:

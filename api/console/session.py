@@ -10,10 +10,10 @@ from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
 
-from api.auth import ACCESS_COOKIE, current_principal, source_of
+from api.auth import ACCESS_COOKIE, api_key_scheme, bearer_scheme, current_principal, source_of
 from api.console.i18n import LANGUAGE_COOKIE, LANGUAGES, labels, language_of
 from api.console.rendering import render
 from api.deps import ControllerDep
@@ -43,12 +43,18 @@ def redirect_to_sign_in(request: Request, exc: SignInRequired) -> RedirectRespon
     return RedirectResponse(where, status.HTTP_303_SEE_OTHER)
 
 
-def console_principal(request: Request, controller: ControllerDep) -> Principal:
-    """The signed-in principal of a console page, or SignInRequired."""
-    if ACCESS_COOKIE not in request.cookies:
+def console_principal(
+    request: Request,
+    controller: ControllerDep,
+    token: Annotated[str | None, Depends(bearer_scheme)],
+    key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    """The principal of a console page (signed in by the cookie, or by a token or key as for the
+    API), or SignInRequired."""
+    if ACCESS_COOKIE not in request.cookies and token is None and key is None:
         raise SignInRequired(_here(request))
     try:
-        return current_principal(request, controller, None, None)
+        return current_principal(request, controller, token, key)
     except HTTPException as exc:
         if exc.status_code == status.HTTP_401_UNAUTHORIZED:
             raise SignInRequired(_here(request)) from None

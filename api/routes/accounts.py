@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from api.auth import AUTH_RESPONSES, Admin, Problem, Responses, ensure_covers
 from api.deps import ControllerDep, read
@@ -87,8 +87,7 @@ def _within(who: Principal, region: str, what: str) -> None:
 
 def _found(who: Principal, session: Session, username: str) -> Account:
     account = account_named(session, username)
-    if not who.covers(account.region):
-        raise AccountNotFound(f"no account {username!r} within your region {who.region}")
+    ensure_covers(who, account.region, f"account {username!r}")
     return account
 
 
@@ -198,9 +197,10 @@ async def revoke_api_key(name: KeyNamePath, who: Admin, controller: ControllerDe
     now = now_utc()
 
     def store(session: Session) -> None:
-        found = next((k for k in api_keys_within(session, who.region) if k.name == name), None)
+        found = session.exec(select(ApiKey).where(ApiKey.name == name)).first()
         if found is None:
-            raise AccountNotFound(f"no API key {name!r} within your region {who.region}")
+            raise AccountNotFound(f"no API key {name!r}")
+        ensure_covers(who, found.region, f"API key {name!r}")
         if found.revoked_at is None:
             found.revoked_at = now
             session.add(found)

@@ -14,9 +14,10 @@ from controller.approvals import needs_approval
 from controller.broadcasts import BroadcastNotFound, BroadcastRequest, resolve_target
 from controller.confirmation import Summary, needs_confirmation, summarise
 from controller.corrections import correction_request
-from controller.models import NEVER_SENT, Broadcast, BroadcastState
+from controller.models import NEVER_SENT, Broadcast, BroadcastState, TerminalGroup
 from controller.reports import BroadcastReport, broadcast_report
 from controller.service import Controller
+from controller.terminals import terminal_regions
 from devices.messages import now_utc
 
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"], responses=AUTH_RESPONSES)
@@ -98,11 +99,19 @@ def _accepted(broadcast: Broadcast) -> BroadcastAccepted:
     )
 
 
-def _authorised(who: Principal, request: BroadcastRequest) -> BroadcastRequest:
+def _target_regions(session: Session, request: BroadcastRequest) -> list[str]:
+    """Every region the target reaches: those named, its groups', and its single terminals'."""
+    groups = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(request.groups))).all()
+    terminals = sorted(set(request.terminals).union(*(group.terminals for group in groups)))
+    named = [code for group in groups for code in group.regions]
+    return [*request.regions, *named, *terminal_regions(session, terminals).values()]
+
+
+async def _authorised(who: Principal, controller: Controller, request: BroadcastRequest) -> BroadcastRequest:
     """The request as `who` may send it: issued for their region unless they name one within it."""
     issuer = request.issuer_region or who.region
     ensure_covers(who, issuer, "the issuing region")
-    ensure_covers(who, list(request.regions), "the target")
+    ensure_covers(who, await read(controller, lambda s: _target_regions(s, request)), "the target")
     return request.model_copy(update={"issuer_region": issuer})
 
 
@@ -115,7 +124,7 @@ def _summary(controller: Controller, session: Session, request: BroadcastRequest
 
 async def _checked(who: Principal, controller: Controller, request: BroadcastRequest) -> BroadcastRequest:
     """Authority, the per-account rate and, for a person's actual emergency, the confirmation."""
-    request = _authorised(who, request)
+    request = await _authorised(who, controller, request)
     since = now_utc() - timedelta(minutes=1)
     recent = await read(
         controller,
@@ -149,7 +158,7 @@ async def preview(request: BroadcastRequest, who: Operator, controller: Controll
     """What this request would do, in words ("Level II flood emergency broadcast to … 197 villages,
     412 terminals. ACTUAL — not a drill"), whether it would wait for approval, and the
     `confirmation` to send with it. Nothing is stored or sent."""
-    request = _authorised(who, request)
+    request = await _authorised(who, controller, request)
     summary = await read(controller, lambda s: _summary(controller, s, request))
     return Preview(
         summary=summary.text_en,
@@ -277,7 +286,7 @@ def recent_broadcasts(
     found: list[BroadcastSummary] = []
     for page in session.exec(query.execution_options(yield_per=500)).partitions():
         for broadcast in page:
-            if _concerns(who, broadcast):
+            if concerns(who, broadcast):
                 found.append(BroadcastSummary.model_validate(_public(broadcast), from_attributes=False))
                 if len(found) == limit:
                     return found
@@ -311,7 +320,7 @@ def _public(broadcast: Broadcast) -> dict[str, object]:
     return broadcast.model_dump() | {"status": broadcast.status or "actual"}
 
 
-def _concerns(who: Principal, broadcast: Broadcast) -> bool:
+def concerns(who: Principal, broadcast: Broadcast) -> bool:
     return who.covers(broadcast.issuer_region) or sees(who, broadcast.regions)
 
 
@@ -320,7 +329,7 @@ def visible(who: Principal, session: Session, broadcast_id: str) -> Broadcast:
     broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:
         raise BroadcastNotFound(f"no broadcast {broadcast_id!r}")
-    if not _concerns(who, broadcast):
+    if not concerns(who, broadcast):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, f"broadcast {broadcast_id} does not concern your region {who.region}"
         )

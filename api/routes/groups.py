@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, ensure_covers
+from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, covering, ensure_covers
 from api.deps import ControllerDep, SessionDep, read
 from controller.accounts import Principal
 from controller.groups import GROUP_ID_PATTERN, GroupSpec, delete_group, get_group, list_groups, save_group
@@ -55,7 +55,7 @@ async def put_group(
             "group.create" if created else "group.update",
             "group",
             group_id,
-            who.region,
+            covering(list(spec.regions) + regions, who.region),
             regions=spec.regions,
             terminals=spec.terminals[:100],
         )
@@ -73,26 +73,31 @@ def _regions_of(session: Session, group_id: str, spec: GroupSpec) -> list[str]:
     return earlier + list(terminal_regions(session, list(spec.terminals)).values())
 
 
-def _within(who: Principal, group: TerminalGroup) -> bool:
-    return all(who.covers(code) for code in group.regions)
+def group_regions(session: Session, group: TerminalGroup) -> list[str]:
+    """The regions a group reaches: those it names and those of its single terminals."""
+    return group.regions + list(terminal_regions(session, group.terminals).values())
+
+
+def _within(who: Principal, session: Session, group: TerminalGroup) -> bool:
+    return all(who.covers(code) for code in group_regions(session, group))
 
 
 @router.get("", response_model=list[GroupPublic])
 def all_groups(who: Viewer, session: SessionDep) -> list[TerminalGroup]:
     """The groups lying within your region."""
-    return [group for group in list_groups(session) if _within(who, group)]
+    return [group for group in list_groups(session) if _within(who, session, group)]
 
 
 @router.get("/{group_id}", response_model=GroupPublic, responses=_UNKNOWN)
 def one_group(group_id: GroupIdPath, who: Viewer, session: SessionDep) -> TerminalGroup:
     group = get_group(session, group_id)
-    ensure_covers(who, group.regions, f"group {group_id}")
+    ensure_covers(who, group_regions(session, group), f"group {group_id}")
     return group
 
 
 @router.delete("/{group_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_UNKNOWN)
 async def remove_group(group_id: GroupIdPath, who: Operator, controller: ControllerDep) -> None:
-    group = await read(controller, lambda session: get_group(session, group_id))
-    ensure_covers(who, group.regions, f"group {group_id}")
+    regions = await read(controller, lambda session: group_regions(session, get_group(session, group_id)))
+    ensure_covers(who, regions, f"group {group_id}")
     await controller.writer.call(lambda session: delete_group(session, group_id))
-    await controller.record(who.audit("group.delete", "group", group_id, who.region))
+    await controller.record(who.audit("group.delete", "group", group_id, covering(regions, who.region)))

@@ -8,8 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, ensure_covers, sees
+from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, covering, ensure_covers, sees
 from api.deps import ControllerDep, SessionDep, read
+from api.routes.groups import group_regions
 from controller.accounts import Principal
 from controller.models import Schedule, ScheduleRun, TerminalGroup
 from controller.schedules import (
@@ -89,38 +90,41 @@ def _saved(schedule: Schedule, conflicts: list[Conflict]) -> ScheduleSaved:
     )
 
 
-async def _target_regions(controller: Controller, spec: ScheduleSpec) -> list[str]:
-    groups = await read(
-        controller,
-        lambda session: session.exec(
-            select(TerminalGroup).where(col(TerminalGroup.id).in_(spec.groups))
-        ).all(),
-    )
-    return list(spec.regions) + [code for group in groups for code in group.regions]
+def _target_regions(session: Session, regions: list[str], groups: list[str]) -> list[str]:
+    """The regions named, and those each group reaches (its regions and its terminals')."""
+    found = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(groups))).all()
+    return list(regions) + [code for group in found for code in group_regions(session, group)]
 
 
 async def _may_keep(
     who: Principal, controller: Controller, spec: ScheduleSpec, schedule_id: str | None
-) -> None:
-    """403 unless the schedule's target (and the one it replaces) lies within `who`'s region."""
-    ensure_covers(who, await _target_regions(controller, spec), "the schedule's target")
+) -> list[str]:
+    """403 unless the schedule's target (and the one it replaces) lies within `who`'s region;
+    returns the new target's regions."""
+    target = await read(controller, lambda s: _target_regions(s, list(spec.regions), list(spec.groups)))
+    ensure_covers(who, target, "the schedule's target")
     if schedule_id is not None:
-        existing = await read(controller, lambda session: get_schedule(session, schedule_id))
-        ensure_covers(who, existing.regions, f"schedule {schedule_id}")
+        existing = await read(
+            controller, lambda session: schedule_regions(session, get_schedule(session, schedule_id))
+        )
+        ensure_covers(who, existing, f"schedule {schedule_id}")
+    return target
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleSaved, responses=_INVALID)
 async def create(spec: ScheduleSpec, who: Operator, controller: ControllerDep) -> ScheduleSaved:
     """Store a schedule for your region or below. 422 names what is wrong (an impossible
     recurrence, an unknown time zone or programme, an end before the start); nothing is stored then."""
-    await _may_keep(who, controller, spec, None)
+    target = await _may_keep(who, controller, spec, None)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
         lambda session: save_schedule(session, spec, controller.settings.timezone, now, None, who.region)
     )
     controller.scheduler.reload()
     await controller.record(
-        who.audit("schedule.create", "schedule", schedule.id, who.region, spec=_described(spec))
+        who.audit(
+            "schedule.create", "schedule", schedule.id, covering(target, who.region), spec=_described(spec)
+        )
     )
     return _saved(schedule, conflicts)
 
@@ -129,7 +133,7 @@ async def create(spec: ScheduleSpec, who: Operator, controller: ControllerDep) -
 async def replace(
     schedule_id: str, spec: ScheduleSpec, who: Operator, controller: ControllerDep
 ) -> ScheduleSaved:
-    await _may_keep(who, controller, spec, schedule_id)
+    target = await _may_keep(who, controller, spec, schedule_id)
     now = now_utc()
     schedule, conflicts = await controller.writer.call(
         lambda session: save_schedule(
@@ -138,7 +142,9 @@ async def replace(
     )
     controller.scheduler.reload()
     await controller.record(
-        who.audit("schedule.update", "schedule", schedule_id, who.region, spec=_described(spec))
+        who.audit(
+            "schedule.update", "schedule", schedule_id, covering(target, who.region), spec=_described(spec)
+        )
     )
     return _saved(schedule, conflicts)
 
@@ -150,11 +156,14 @@ def _described(spec: ScheduleSpec) -> dict[str, object]:
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_UNKNOWN)
 async def delete(schedule_id: str, who: Operator, controller: ControllerDep) -> None:
     existing = await read(controller, lambda session: get_schedule(session, schedule_id))
-    ensure_covers(who, existing.regions, f"schedule {schedule_id}")
+    regions = await read(controller, lambda session: schedule_regions(session, existing))
+    ensure_covers(who, regions, f"schedule {schedule_id}")
     await controller.writer.call(lambda session: delete_schedule(session, schedule_id))
     controller.scheduler.reload()
     await controller.record(
-        who.audit("schedule.delete", "schedule", schedule_id, who.region, name=existing.name)
+        who.audit(
+            "schedule.delete", "schedule", schedule_id, covering(regions, who.region), name=existing.name
+        )
     )
 
 
@@ -162,12 +171,11 @@ async def delete(schedule_id: str, who: Operator, controller: ControllerDep) -> 
 def schedules(who: Viewer, session: SessionDep) -> list[Schedule]:
     """Schedules that play within your region."""
     found = session.exec(select(Schedule).order_by(col(Schedule.name))).all()
-    return [schedule for schedule in found if sees(who, _regions(session, schedule))]
+    return [schedule for schedule in found if sees(who, schedule_regions(session, schedule))]
 
 
-def _regions(session: Session, schedule: Schedule) -> list[str]:
-    groups = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(schedule.groups))).all()
-    return schedule.regions + [code for group in groups for code in group.regions]
+def schedule_regions(session: Session, schedule: Schedule) -> list[str]:
+    return _target_regions(session, schedule.regions, schedule.groups)
 
 
 @router.get("/calendar", response_model=Calendar)
@@ -199,7 +207,7 @@ def schedule(
 ) -> ScheduleDetail:
     """A schedule, its next runs and how its last runs went."""
     found = get_schedule(session, schedule_id)
-    if not sees(who, _regions(session, found)):
+    if not sees(who, schedule_regions(session, found)):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, f"schedule {schedule_id} does not play within your region"
         )
