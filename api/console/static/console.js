@@ -35,6 +35,9 @@
     return data;
   }
 
+  // For the pages' own scripts (fleet.js): the same calls, header and renewal.
+  window.cunxiang = { api, labels: T };
+
   function showError(element, message) {
     element.textContent = message;
     element.hidden = !message;
