@@ -8,7 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.console import audit_page, pages, schedules_page, session
+from api.console import audit_page, fleet, pages, schedules_page, session
+from api.console import map as county_map
 from api.console.session import SignInRequired, redirect_to_sign_in
 from api.limits import BodyLimit
 from api.routes import (
@@ -25,6 +26,7 @@ from api.routes import (
     schedules,
     speech,
     system,
+    telemetry,
     terminals,
 )
 from controller.accounts import AccountNotFound, AccountRejected
@@ -73,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
+    app.include_router(telemetry.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")
     app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(schedules.router, prefix="/api/v1")
@@ -85,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(schedules_page.router)
     app.include_router(audit_page.router)
+    app.include_router(fleet.router)
+    app.include_router(county_map.router)
     static = resources.files("api.console").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_exception_handler(SignInRequired, redirect_to_sign_in)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -323,3 +323,21 @@ class ServerKey(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     value: str = Field(max_length=200)
     created_at: datetime = _utc_column(default_factory=now_utc)
+
+
+class TelemetrySample(SQLModel, table=True):
+    """A terminal's measurements from one heartbeat, kept at most once per sampling interval
+    (`CUNXIANG_TELEMETRY_SAMPLE_S`) for its charts, and for `CUNXIANG_TELEMETRY_KEEP_DAYS`."""
+
+    __tablename__ = "telemetry_sample"
+    # A terminal's chart reads one terminal over a span of time.
+    __table_args__ = (Index("ix_telemetry_sample_terminal_at", "terminal_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    terminal_id: str = Field(max_length=64)
+    at: datetime = _utc_column(index=True, description="when the controller received the heartbeat")
+    signal_dbm: int | None = None
+    temperature_c: float | None = None
+    battery_pct: int | None = None
+    supply: str | None = Field(default=None, max_length=16)
+    volume: int | None = None

@@ -51,6 +51,7 @@ from controller.scheduler import Claim, Clock, Scheduler
 from controller.schedules import request_for
 from controller.settings import Settings
 from controller.speech import Speech, SpeechEngine, SpeechFailed, SpeechUnavailable
+from controller.telemetry import TelemetrySampler, prune_telemetry
 from controller.terminals import (
     Credentials,
     Registration,
@@ -88,6 +89,7 @@ log = logging.getLogger(__name__)
 PLAYBACK_GRACE = timedelta(minutes=10)
 _REJECTION_LOG_INTERVAL_S = 60.0
 APPROVAL_CHECK_INTERVAL_S = 5.0
+TELEMETRY_PRUNE_INTERVAL_S = 3600.0
 
 
 class NotAccepting(RuntimeError):
@@ -129,6 +131,7 @@ class Controller:
             self.metrics,
             Thresholds(settings.fault_low_signal_dbm, settings.fault_high_temperature_c),
         )
+        self.telemetry = TelemetrySampler(self.writer, timedelta(seconds=settings.telemetry_sample_s))
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
         self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, self.cancel, clock)
@@ -143,6 +146,7 @@ class Controller:
         self.signing_key = ""
         """the access-token signing key, loaded at start"""
         self._approvals_checked = 0.0
+        self._telemetry_pruned: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -461,6 +465,7 @@ class Controller:
         await self.writer.call(lambda session: decommission(session, terminal_id, now))
         self.presence.forget(terminal_id)
         self.alarms.forget(terminal_id, now)
+        self.telemetry.forget(terminal_id)
 
     def presence_of(self, terminal_id: str) -> str:
         """Live presence; `unknown` for everyone while the controller itself is cut off from the broker."""
@@ -494,6 +499,7 @@ class Controller:
                 rejection = self.presence.on_heartbeat(heartbeat, at)
                 if rejection is None:
                     self.alarms.on_heartbeat(heartbeat, at)
+                    self.telemetry.on_heartbeat(heartbeat, at)
         except ProtocolError as exc:
             self._reject(exc.reason, f"{topic}: {exc.detail}")
             return
@@ -532,6 +538,7 @@ class Controller:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
             try:
                 await self._lapse_approvals()
+                await self._prune_telemetry()
                 self.tracker.sweep(now_utc())
                 if self.connected:
                     self.presence.check(now_utc())
@@ -550,6 +557,17 @@ class Controller:
         now = now_utc()
         for broadcast_id in await self.writer.call(lambda session: lapse_overdue(session, now)):
             log.warning("broadcast %s lapsed: nobody approved it in time; nothing was sent", broadcast_id)
+
+    async def _prune_telemetry(self) -> None:
+        """Once an hour (and at start): telemetry samples older than the days kept are deleted."""
+        checked = self._telemetry_pruned
+        if checked is not None and time.monotonic() - checked < TELEMETRY_PRUNE_INTERVAL_S:
+            return
+        self._telemetry_pruned = time.monotonic()
+        before = now_utc() - timedelta(days=self.settings.telemetry_keep_days)
+        deleted = await self.writer.call(lambda session: prune_telemetry(session, before))
+        if deleted:
+            log.info("deleted %d telemetry samples from before %s", deleted, before.isoformat())
 
     def _status_payload(self, state: str, session: int) -> bytes:
         return encode(

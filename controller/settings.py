@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     """this many presence changes within this window is flapping"""
     fault_low_signal_dbm: Annotated[int, Field(ge=-150, le=0)] = -105
     fault_high_temperature_c: Annotated[float, Field(ge=0, le=150)] = 70.0
+    telemetry_sample_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    """at most one telemetry sample per terminal this often is kept (heartbeats come every ~30 s)"""
+    telemetry_keep_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    """telemetry samples older than this are deleted"""
     media_dir: Path = Path("media")
     """where programme audio and synthesised speech are kept"""
     public_url: str | None = None

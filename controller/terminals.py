@@ -3,6 +3,7 @@ taking them out of service, and listing them."""
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Self
@@ -202,12 +203,26 @@ def all_terminals(session: Session) -> list[Terminal]:
 
 
 def list_terminals(
-    session: Session, region: str | None, limit: int, offset: int
+    session: Session,
+    region: str | None,
+    limit: int,
+    offset: int,
+    kind: str | None = None,
+    keep: Callable[[Terminal], bool] | None = None,
 ) -> tuple[list[Terminal], int]:
+    """A page of the terminals in service (within `region`, of `kind`) and how many there are.
+    `keep` filters by what only memory knows (presence, open alarms): then every candidate row is
+    read and the page cut here, which a county's few thousand terminals afford."""
     query = select(Terminal).where(col(Terminal.decommissioned_at).is_(None))
     count = select(func.count()).select_from(Terminal).where(col(Terminal.decommissioned_at).is_(None))
     if region is not None:
         query = query.where(col(Terminal.region_code).startswith(region))
         count = count.where(col(Terminal.region_code).startswith(region))
+    if kind is not None:
+        query = query.where(Terminal.kind == kind)
+        count = count.where(Terminal.kind == kind)
+    if keep is not None:
+        kept = [terminal for terminal in session.exec(query.order_by(Terminal.id)) if keep(terminal)]
+        return kept[offset : offset + limit], len(kept)
     rows = session.exec(query.order_by(Terminal.id).offset(offset).limit(limit)).all()
     return list(rows), session.exec(count).one()

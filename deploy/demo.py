@@ -83,7 +83,7 @@ async def _start_simulated_county(
         print(f"no villages under region {region}", file=sys.stderr)
         return None
     specs = fleet_for_villages([v.code for v in villages], per_village)
-    await controller.register([TerminalSpec(id=s.terminal_id, region=s.region) for s in specs])
+    await controller.register([TerminalSpec.model_validate(s.registration()) for s in specs])
     assert controller.bus is not None
     broker = f"mqtt://{controller.bus.address.host}:{controller.bus.address.port}"
     command = ["-m", "deploy.cli", "simulate", "--broker", broker, "--region", region]

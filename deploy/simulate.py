@@ -30,7 +30,7 @@ def villages_in(divisions_csv: str, region: str) -> list[str]:
 def register_over_http(api: str, api_key: str | None, specs: list[SimulatedSpec]) -> None:
     if not api_key:
         raise SystemExit("registering needs an administrator's API key: --api-key or CUNXIANG_API_KEY")
-    body = [{"id": s.terminal_id, "region": s.region} for s in specs]
+    body = [s.registration() for s in specs]
     headers = {"X-API-Key": api_key}
     response = httpx.post(f"{api.rstrip('/')}/api/v1/terminals", json=body, headers=headers, timeout=60)
     response.raise_for_status()

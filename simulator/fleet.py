@@ -1,5 +1,7 @@
-"""Which terminals to simulate and how they behave."""
+"""Which terminals to simulate, where they stand, and how they behave."""
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass
 
@@ -11,6 +13,55 @@ from devices.messages import Amplifier, BroadcastStatus, Content, Speaker, Suppl
 class SimulatedSpec:
     terminal_id: str
     region: str
+
+    @property
+    def position(self) -> tuple[float, float]:
+        """A synthetic (latitude, longitude): see `synthetic_position`."""
+        return synthetic_position(self.terminal_id, self.region)
+
+    def registration(self) -> dict[str, object]:
+        """How it is registered (`POST /api/v1/terminals`), with its synthetic position."""
+        latitude, longitude = self.position
+        return {"id": self.terminal_id, "region": self.region, "latitude": latitude, "longitude": longitude}
+
+
+# Roughly the extent of 咸安区, inside its border, so a demonstration map of it looks plausible.
+SYNTHETIC_LATITUDES = (29.60, 29.90)
+SYNTHETIC_LONGITUDES = (114.10, 114.50)
+_VILLAGE_SPREAD = 0.04
+_TERMINAL_SPREAD = 0.002
+TOWNSHIP_CODE_LENGTH = 9
+
+
+def synthetic_position(terminal_id: str, region: str) -> tuple[float, float]:
+    """Where a simulated terminal is drawn: invented, not surveyed. Each township's centre falls
+    within the county by a hash of its code, each village around its township's centre by a hash
+    of its own, each terminal a few hundred metres from its village's point. The same codes always
+    give the same places, so maps and screenshots are reproducible."""
+    u, v = _unit_pair(region[:TOWNSHIP_CODE_LENGTH])
+    latitude = SYNTHETIC_LATITUDES[0] + u * (SYNTHETIC_LATITUDES[1] - SYNTHETIC_LATITUDES[0])
+    longitude = SYNTHETIC_LONGITUDES[0] + v * (SYNTHETIC_LONGITUDES[1] - SYNTHETIC_LONGITUDES[0])
+    if len(region) > TOWNSHIP_CODE_LENGTH:
+        latitude, longitude = _scattered(latitude, longitude, region, _VILLAGE_SPREAD)
+    latitude, longitude = _scattered(latitude, longitude, terminal_id, _TERMINAL_SPREAD)
+    return round(latitude, 6), round(longitude, 6)
+
+
+def _scattered(latitude: float, longitude: float, key: str, spread: float) -> tuple[float, float]:
+    """A point up to `spread` degrees (of latitude) from the given one, in a direction set by `key`."""
+    u, v = _unit_pair(key)
+    # sqrt: points fall evenly over the disc rather than bunched at its centre
+    angle, distance = 2 * math.pi * u, spread * math.sqrt(v)
+    return (
+        latitude + distance * math.sin(angle),
+        longitude + distance * math.cos(angle) / math.cos(math.radians(latitude)),
+    )
+
+
+def _unit_pair(key: str) -> tuple[float, float]:
+    """Two numbers in [0, 1) from a stable hash of `key` (Python's own hash changes per process)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:4]) / 2**32, int.from_bytes(digest[4:8]) / 2**32
 
 
 @dataclass(frozen=True)
@@ -77,6 +128,10 @@ AUDIO_BYTES_PER_S = 16_000
 MIN_PLAY_S = 3.0
 
 
+SIMULATED_PREFIX = "sim-"
+"""the ids of simulated terminals start so (the map says their positions are synthetic)"""
+
+
 def fleet_for_villages(villages: list[str], per_village: int) -> list[SimulatedSpec]:
     """`per_village` terminals in each village, with ids `sim-<village code>-<n>`."""
     if per_village < 1:
@@ -85,5 +140,7 @@ def fleet_for_villages(villages: list[str], per_village: int) -> list[SimulatedS
     for village in villages:
         if not is_region_code(village):
             raise ValueError(f"not a region code: {village!r}")
-        specs.extend(SimulatedSpec(f"sim-{village}-{n}", village) for n in range(1, per_village + 1))
+        specs.extend(
+            SimulatedSpec(f"{SIMULATED_PREFIX}{village}-{n}", village) for n in range(1, per_village + 1)
+        )
     return specs

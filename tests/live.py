@@ -111,8 +111,7 @@ class LiveServer:
         self.socket.close()
 
     async def register(self, specs: list[SimulatedSpec]) -> None:
-        body = [{"id": s.terminal_id, "region": s.region} for s in specs]
-        response = await self.http.post("/api/v1/terminals", json=body)
+        response = await self.http.post("/api/v1/terminals", json=[s.registration() for s in specs])
         assert response.status_code == 200, response.text
 
     async def send(self, **body: Any) -> dict[str, Any]:

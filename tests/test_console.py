@@ -1,8 +1,10 @@
 """The operators' console in a real browser (Debian's Chromium, driven by Playwright) against a
 live controller, a real broker and a simulated township: sign in, send an exercise, watch its
-coverage reach 100%, cancel a second alert. Each page is photographed at 1366×768 into
-docs/screenshots/ (linked from the README)."""
+coverage reach 100%, cancel a second alert; see a terminal's speaker fail on the map, find it in
+the fleet list and open its page. Each page is photographed at 1366×768 into docs/screenshots/
+(linked from the README)."""
 
+import re
 import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from controller.accounts import Role
 from controller.embedded_broker import EmbeddedBroker
 from controller.regions import villages_under
+from simulator.scenario import FaultEvent, FaultKind, Scenario
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually, specs_in
 
@@ -156,3 +159,46 @@ async def test_schedules_are_kept_in_the_week_calendar_with_conflicts_and_the_au
     await page.get_by_label("关键字").fill("")
     await page.get_by_role("button", name="查询").click()
     await screenshot(page, "audit")
+
+
+async def test_a_viewer_sees_a_speaker_fail_on_the_map_finds_it_in_the_fleet_and_opens_its_page(
+    live: LiveServer, browser: Browser
+) -> None:
+    villages = [v.code for v in await live.controller.writer.call(lambda s: villages_under(s, TINGSIQIAO))]
+    specs = specs_in(villages)
+    faulty = specs[len(specs) // 2].terminal_id
+    await live.register(specs)
+    await live.account("li", Role.VIEWER, TINGSIQIAO)
+    # Late enough to see the map without it first, soon enough to keep the test short.
+    fails = Scenario(event=[FaultEvent(at=10, terminals=faulty, fault=FaultKind.SPEAKER_FAULT)])
+    async with live.fleet(specs, scenario=fails):
+        await eventually(lambda: all(live.controller.presence_of(s.terminal_id) == "online" for s in specs))
+        page = await signed_in(live, browser, "li")
+
+        await page.get_by_role("navigation").get_by_role("link", name="地图").click()
+        mark = page.locator(f'circle.mark[data-terminal="{faulty}"]')
+        await expect(page.locator("circle.mark[data-terminal]")).to_have_count(len(specs))
+        await expect(page.get_by_test_id("count-online")).to_have_text(str(len(specs)))
+        await expect(page.get_by_test_id("count-fault")).to_have_text("0")
+        await expect(mark).to_have_attribute("data-fault", "false")
+        await expect(mark).to_have_class(re.compile(r"\bfault\b"), timeout=30_000)
+        await expect(page.get_by_test_id("count-fault")).to_have_text("1")
+        await expect(page.get_by_test_id("count-silent")).to_have_text("1")
+        await expect(page.locator("#silent-villages li")).to_have_count(1)
+        await expect(page.get_by_test_id("synthetic")).to_be_visible()
+        await screenshot(page, "map")
+
+        await page.get_by_role("navigation").get_by_role("link", name="终端").click()
+        rows = page.locator("#fleet-table tbody tr")
+        await expect(rows).to_have_count(len(specs))
+        await screenshot(page, "fleet")
+        await page.locator("select[name=fault]").select_option("true")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_attribute("data-terminal", faulty)
+        await expect(page.get_by_test_id("fleet-total")).to_contain_text(": 1")
+        await expect(page).to_have_url(re.compile(r"fault=true"))
+
+        await rows.first.get_by_role("link", name=faulty).click()
+        await expect(page.locator("#alarms tr.alarm-open[data-kind=speaker_fault]")).to_have_count(1)
+        await expect(page.locator("#telemetry-chart canvas").first).to_be_visible()
+        await screenshot(page, "terminal")

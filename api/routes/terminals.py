@@ -1,7 +1,8 @@
 """Terminals: register them (JSON or CSV), their credentials, take them out of service, see them."""
 
+from collections.abc import Callable
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel, Field
@@ -27,6 +28,7 @@ from devices.messages import Heartbeat, RegionCode
 router = APIRouter(prefix="/terminals", tags=["terminals"], responses=AUTH_RESPONSES)
 _UNKNOWN: Responses = {404: {"model": Problem, "description": "no such terminal in service"}}
 _INVALID: Responses = {422: {"model": Problem, "description": "what is wrong, line by line"}}
+PresenceFilter = Literal["online", "offline", "lost", "unknown"]
 
 
 class TerminalPublic(BaseModel):
@@ -127,14 +129,35 @@ def terminals(
     session: SessionDep,
     controller: ControllerDep,
     region: Annotated[RegionCode | None, Query(description="only terminals within this region")] = None,
+    presence: Annotated[PresenceFilter | None, Query(description="only terminals with this presence")] = None,
+    fault: Annotated[
+        bool | None, Query(description="only terminals with (true) or without an open alarm")
+    ] = None,
+    kind: Annotated[str | None, Query(description="only terminals of this kind", max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TerminalPage:
     """Terminals in service within your region (or `region`, within yours) with their live presence
-    (`unknown` while the controller is cut off)."""
+    (`unknown` while the controller is cut off); `total` counts all that match the filters."""
     ensure_covers(who, region or who.region, "the region asked for")
-    rows, total = list_terminals(session, region or who.region, limit, offset)
+    rows, total = list_terminals(
+        session, region or who.region, limit, offset, kind, _matching(controller, presence, fault)
+    )
     return TerminalPage(items=[public(row, controller) for row in rows], total=total)
+
+
+def _matching(
+    controller: Controller, presence: str | None, fault: bool | None
+) -> Callable[[Terminal], bool] | None:
+    if presence is None and fault is None:
+        return None
+
+    def keep(terminal: Terminal) -> bool:
+        if presence is not None and controller.presence_of(terminal.id) != presence:
+            return False
+        return fault is None or bool(controller.alarms.active(terminal.id)) == fault
+
+    return keep
 
 
 def _registered(registration: Registration) -> Registered:

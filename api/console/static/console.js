@@ -35,7 +35,8 @@
     return data;
   }
 
-  window.cunxiang = { api };
+  // For the pages' own scripts (fleet.js): the same calls, header and renewal.
+  window.cunxiang = { api, labels: T };
 
   function showError(element, message) {
     element.textContent = message;
