@@ -729,6 +729,12 @@ CASES: list[Case] = [
     Case("GET", "/api/v1/programmes", Rule(VIEWER), at("/api/v1/programmes")),
     Case("GET", "/api/v1/programmes/{programme_id}", Rule(VIEWER), at("/api/v1/programmes/{programme}")),
     # Regions.
+    Case(
+        "GET",
+        "/api/v1/terminals/{terminal_id}/telemetry",
+        Rule(VIEWER, VA),
+        at("/api/v1/terminals/{terminal_a}/telemetry"),
+    ),
     Case("GET", "/api/v1/regions/{code}", Rule(VIEWER, A), at(f"/api/v1/regions/{A}")),
     Case("GET", "/api/v1/regions/{code}/health", Rule(VIEWER, A), at(f"/api/v1/regions/{A}/health")),
     # Hearing a text before sending it.
@@ -762,6 +768,10 @@ CASES: list[Case] = [
         nobody=303,
     ),
     Case("GET", "/audit", Rule(VIEWER), at("/audit"), nobody=303),
+    Case("GET", "/fleet", Rule(VIEWER), at("/fleet"), nobody=303),
+    Case("GET", "/fleet/{terminal_id}", Rule(VIEWER, VA), at("/fleet/{terminal_a}"), nobody=303),
+    Case("GET", "/map", Rule(VIEWER), at("/map"), nobody=303),
+    Case("GET", "/map/view", Rule(VIEWER), at("/map/view"), nobody=303),
 ]
 
 

@@ -205,7 +205,7 @@ async def test_speaker_fault_raises_and_clears_an_alarm_seen_in_the_api(live: Li
     await eventually(cleared)
     detail = (await live.http.get("/api/v1/terminals/t-1")).json()
     assert detail["alarms"][0]["ended_at"] is not None and detail["alarms"][0]["acknowledged_by"] == "wang"
-    assert (await live.http.post("/api/v1/alarms/nope/acknowledge", json={"by": "x"})).status_code == 404
+    assert (await live.http.post("/api/v1/alarms/nope/acknowledge", json={"note": "x"})).status_code == 404
 
 
 async def test_a_terminal_that_stops_heartbeating_becomes_offline(live: LiveServer) -> None:
