@@ -68,6 +68,11 @@ class BroadcastRequest(BaseModel):
     text: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     language: str = "zh-CN"
     audio: AudioRef | None = None
+    programme_id: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+        default=None,
+        description="play a programme of the library (its audio, its text as the fallback) instead of "
+        "giving text or audio",
+    )
     expires_in: int | None = Field(default=None, description="seconds from now")
     expires_at: AwareDatetime | None = None
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
@@ -94,8 +99,10 @@ class BroadcastRequest(BaseModel):
             raise ValueError("an emergency broadcast needs a level: 1 (特别重大) to 4 (一般)")
         if self.kind is not BroadcastKind.EMERGENCY and self.level is not None:
             raise ValueError(f"a {self.kind.value} broadcast takes no level; levels are for emergencies")
-        if self.text is None and self.audio is None:
-            raise ValueError("content is missing: give text to speak, audio, or both")
+        if self.programme_id is not None and (self.text is not None or self.audio is not None):
+            raise ValueError("give a programme, or text and audio, not both")
+        if self.text is None and self.audio is None and self.programme_id is None:
+            raise ValueError("content is missing: give text to speak, audio, both, or a programme")
         if (self.expires_in is None) == (self.expires_at is None):
             raise ValueError("give exactly one of expires_in (seconds) or expires_at (ISO 8601 time)")
         if self.expires_in is not None and self.expires_in <= 0:

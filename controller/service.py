@@ -24,6 +24,7 @@ from controller.approvals import awaiting, held_request, lapse_overdue, needs_ap
 from controller.audit import AuditEntry, append, commit_entry
 from controller.broadcasts import (
     BroadcastNotFound,
+    BroadcastRejected,
     BroadcastRequest,
     Provenance,
     Target,
@@ -45,7 +46,7 @@ from controller.media import MediaRejected, MediaStore
 from controller.metrics import Metrics
 from controller.models import SENDING_STATES, Broadcast, BroadcastState, Programme, Schedule
 from controller.presence import UNKNOWN, PresenceTracker
-from controller.programmes import content_of
+from controller.programmes import ProgrammeNotFound, content_of, get_programme
 from controller.regions import ensure_bundled_regions
 from controller.scheduler import Claim, Clock, Scheduler
 from controller.schedules import request_for
@@ -241,7 +242,7 @@ class Controller:
         """
         if not self.accepting or self.dispatcher is None:
             raise NotAccepting("the controller is not accepting broadcasts")
-        request = await self._spoken(request)
+        request = await self._spoken(await self._programme_content(request))
         hold = (
             by is not None
             and correction_of is None
@@ -355,6 +356,25 @@ class Controller:
     async def speak(self, text: str, language: str, speed: int | None = None) -> Speech:
         """Speech for `text` from the offline engine (cached); raises SpeechUnavailable or SpeechFailed."""
         return await asyncio.to_thread(self.speech.speak, text, language, speed)
+
+    async def _programme_content(self, request: BroadcastRequest) -> BroadcastRequest:
+        """A request naming a programme, with the programme's audio and text as its content."""
+        if request.programme_id is None:
+            return request
+        programme_id = request.programme_id
+        try:
+            programme = await self.writer.call(lambda session: get_programme(session, programme_id))
+        except ProgrammeNotFound as exc:
+            raise BroadcastRejected(str(exc)) from None
+        content = content_of(programme, self.settings.media_url)
+        return request.model_copy(
+            update={
+                "programme_id": None,
+                "text": content.text if content.text or content.audio else programme.title,
+                "language": content.language,
+                "audio": content.audio,
+            }
+        )
 
     async def _spoken(self, request: BroadcastRequest) -> BroadcastRequest:
         """Text-only content with the offline engine's speech added, so every terminal sounds the

@@ -70,7 +70,11 @@ async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cance
     specs = specs_in(villages)
     await live.register(specs)
     await live.account("wang", Role.OPERATOR, "421202")
-    async with live.fleet(specs, playback_s=1.0):
+    programme = await live.http.post(
+        "/api/v1/programmes", json={"title": "防汛须知", "text": "汛期请远离河道。"}
+    )
+    assert programme.status_code == 201, programme.text
+    async with live.fleet(specs, playback_s=3.0):
         await eventually(lambda: all(live.controller.presence_of(s.terminal_id) == "online" for s in specs))
         page = await signed_in(live, browser, "wang", shot="login")
         who = page.get_by_test_id("who")
@@ -104,7 +108,7 @@ async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cance
 
         await page.get_by_role("link", name="发布预警").click()
         await page.get_by_role("checkbox", name="汀泗桥镇").check()
-        await page.get_by_label("播报内容").fill("第二条演练信息，将被撤销。")
+        await page.get_by_label("或选择节目库中的节目").select_option(programme.json()["id"])
         await page.get_by_role("button", name="核对").click()
         await page.get_by_role("button", name="确认发布").click()
         await expect(page.locator("#bstate")).to_have_text("发送中")
@@ -115,7 +119,14 @@ async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cance
         await page.get_by_role("link", name="首页").click()
         rows = page.locator("table.list tbody tr")
         await expect(rows).to_have_count(2)
+        await expect(rows.first).to_contain_text(
+            "汛期请远离河道。"
+        )  # the programme's text, sent as its content
         await screenshot(page, "home")
+
+        await page.get_by_role("link", name="English").click()
+        await expect(page.get_by_role("link", name="Send an alert")).to_be_visible()
+        await expect(page.get_by_test_id("who")).to_contain_text("Operator")
 
 
 async def test_schedules_are_kept_in_the_week_calendar_with_conflicts_and_the_audit_trail_shows_them(

@@ -18,6 +18,7 @@ from api.routes.groups import group_regions
 from controller.accounts import Principal, Role
 from controller.groups import list_groups
 from controller.models import Broadcast, BroadcastState, Region
+from controller.programmes import list_programmes
 
 router = APIRouter(include_in_schema=False)
 
@@ -91,6 +92,7 @@ def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLRespon
         root=root,
         children=children_of(session, reader.who.region),
         groups=groups,
+        programmes=list_programmes(session, 200),
         can_send=reader.who.at_least(Role.OPERATOR),
     )
 

@@ -66,10 +66,11 @@
         status: form.status.value,
         regions: checked("region"),
         groups: checked("group"),
-        text: form.text.value.trim(),
         language: "zh-CN",
         expires_in: Number(form.expires_in.value),
       };
+      if (form.programme_id.value) body.programme_id = form.programme_id.value;
+      else body.text = form.text.value.trim();
       if (body.kind === "emergency") body.level = Number(form.level.value);
       if (form.event.value.trim()) body.event = form.event.value.trim();
       return body;
@@ -80,6 +81,7 @@
       showError(error, "");
       const body = request();
       if (!body.regions.length && !body.groups.length) return showError(error, T.choose_target);
+      if (!body.programme_id && !body.text) return showError(error, T.choose_content);
       try {
         const preview = await api("POST", "/api/v1/broadcasts/preview", body);
         pending = { ...body, confirmation: preview.confirmation };
