@@ -4,6 +4,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.limits import BodyLimit
@@ -75,6 +77,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(media.router)
     app.include_router(regions.router, prefix="/api/v1")
     app.include_router(system.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input back, and fails (500) when it is not UTF-8: bytes
+        # that do not decode, or a lone surrogate ("\ud800") from a JSON string.
+        errors = jsonable_encoder(
+            exc.errors(),
+            custom_encoder={
+                bytes: lambda b: b.decode(errors="replace"),
+                str: lambda s: s.encode(errors="replace").decode(),
+            },
+        )
+        return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(BroadcastRejected)
     @app.exception_handler(TerminalsRejected)

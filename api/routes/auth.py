@@ -4,13 +4,12 @@ import asyncio
 from datetime import timedelta
 from typing import Annotated
 
-from controller.audit import AuditEntry, append, commit_entry, failures_since
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
-from api.auth import AUTH_RESPONSES, Problem, Viewer, source_of
+from api.auth import AUTH_RESPONSES, UNREADABLE, Problem, Viewer, source_of
 from api.deps import ControllerDep, read
 from controller.accounts import (
     PASSWORD_MAX,
@@ -20,6 +19,7 @@ from controller.accounts import (
     needs_rehash,
     password_matches,
 )
+from controller.audit import AuditEntry, append, commit_entry, failures_since
 from controller.models import Account, Region
 from controller.service import Controller
 from controller.tokens import (
@@ -79,6 +79,7 @@ def _answer(controller: Controller, account: Account, refresh: str) -> TokenAnsw
     "/token",
     response_model=TokenAnswer,
     responses={
+        **UNREADABLE,
         401: {"model": Problem, "description": "wrong username or password"},
         429: {"model": Problem, "description": "too many failed sign-ins: wait (Retry-After)"},
     },
@@ -158,7 +159,10 @@ async def sign_in(
 @router.post(
     "/refresh",
     response_model=TokenAnswer,
-    responses={401: {"model": Problem, "description": "unknown, used, revoked or expired refresh token"}},
+    responses={
+        **UNREADABLE,
+        401: {"model": Problem, "description": "unknown, used, revoked or expired refresh token"},
+    },
 )
 async def refresh(body: RefreshRequest, controller: ControllerDep) -> TokenAnswer:
     """Spend a refresh token for a new access token and a new refresh token. Each refresh token
@@ -194,6 +198,7 @@ def me(who: Viewer, controller: ControllerDep) -> Me:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
         **AUTH_RESPONSES,
+        **UNREADABLE,
         422: {"model": Problem, "description": "wrong current password, or a weak new one"},
     },
 )
