@@ -5,6 +5,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -93,6 +95,19 @@ def create_app(settings: Settings) -> FastAPI:
     static = resources.files("api.console").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_exception_handler(SignInRequired, redirect_to_sign_in)  # type: ignore[arg-type]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input back, and fails (500) when it is not UTF-8: bytes
+        # that do not decode, or a lone surrogate ("\ud800") from a JSON string.
+        errors = jsonable_encoder(
+            exc.errors(),
+            custom_encoder={
+                bytes: lambda b: b.decode(errors="replace"),
+                str: lambda s: s.encode(errors="replace").decode(),
+            },
+        )
+        return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(BroadcastRejected)
     @app.exception_handler(TerminalsRejected)

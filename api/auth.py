@@ -133,3 +133,8 @@ AUTH_RESPONSES: Responses = {
     401: {"model": Problem, "description": "not signed in, or the token or API key is not valid"},
     403: {"model": Problem, "description": "the role or region does not allow it"},
 }
+
+UNREADABLE: Responses = {
+    400: {"model": Problem, "description": "the body cannot be read (not UTF-8, or a broken form)"}
+}
+"""FastAPI's answer, before any validation, to a body it cannot decode: every route taking one"""

@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import rrule, rrulestr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from sqlmodel import Session, col, func, select
 
 from controller.broadcasts import BroadcastRejected, BroadcastRequest, resolve_target
@@ -36,6 +36,19 @@ MAX_OCCURRENCES = 20_000
 # Broadcast Mandarin is about 4 characters a second; a programme without audio lasts that long.
 _CHARS_PER_S = 4.0
 
+LocalDateTime = Annotated[
+    datetime,
+    # Documented as it is written and answered: JSON Schema's date-time demands an offset.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+            "description": "a wall-clock date and time without an offset, e.g. 2026-12-01T06:30",
+        }
+    ),
+]
+"""A date and time on the wall clock of a schedule's `timezone`, without an offset."""
+
 
 class ScheduleSpec(BaseModel):
     """A schedule as an operator writes it; times are wall-clock times in `timezone`."""
@@ -46,11 +59,11 @@ class ScheduleSpec(BaseModel):
     programme_id: Annotated[str, Field(min_length=1, max_length=32)]
     regions: Annotated[list[RegionCode], Field(max_length=500)] = []
     groups: Annotated[list[GroupId], Field(max_length=50)] = []
-    start: datetime = Field(description="the first run's local date and time, e.g. 2026-12-01T06:30")
+    start: LocalDateTime = Field(description="the first run's local date and time, e.g. 2026-12-01T06:30")
     rrule: Annotated[str, Field(max_length=500)] | None = Field(
         default=None, description="RFC 5545 RRULE, e.g. FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR; none: once"
     )
-    until: datetime | None = Field(default=None, description="no run after this local date and time")
+    until: LocalDateTime | None = Field(default=None, description="no run after this local date and time")
     timezone: str | None = Field(default=None, description="IANA zone; default the county's")
     expires_in_s: Annotated[int, Field(ge=60, le=86_400)] = 1800
     """each run may be played (or resumed after an emergency) until this long after its time"""

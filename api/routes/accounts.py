@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, select
 
-from api.auth import AUTH_RESPONSES, Admin, Problem, Responses, ensure_covers
+from api.auth import AUTH_RESPONSES, UNREADABLE, Admin, Problem, Responses, ensure_covers
 from api.deps import ControllerDep, read
 from controller.accounts import (
     API_KEY_NAME_PATTERN,
@@ -36,7 +36,10 @@ router = APIRouter(tags=["accounts"], responses=AUTH_RESPONSES)
 
 UsernamePath = Annotated[str, Path(pattern=USERNAME_PATTERN)]
 KeyNamePath = Annotated[str, Path(pattern=API_KEY_NAME_PATTERN)]
-_REJECTED: Responses = {422: {"model": Problem, "description": "taken name, unknown region, weak password"}}
+_REJECTED: Responses = {
+    **UNREADABLE,
+    422: {"model": Problem, "description": "taken name, unknown region, weak password"},
+}
 _UNKNOWN: Responses = {404: {"model": Problem, "description": "no such account or key within your region"}}
 
 
@@ -143,6 +146,7 @@ async def change_account(
 
     def store(session: Session) -> Account:
         found = _found(who, session, username)
+        previous_region = found.region
         if body.region is not None:
             known_region(session, body.region)
             found.region = body.region
@@ -156,7 +160,10 @@ async def change_account(
             found.token_version += 1
             revoke_refresh_tokens(session, found.id, now)
         session.add(found)
-        changes = body.model_dump(exclude_none=True, exclude={"password"})
+        # The record's region is the new one; `region` is also audit()'s own argument.
+        changes = body.model_dump(exclude_none=True, exclude={"password", "region"})
+        if body.region is not None:
+            changes["moved_from"] = previous_region
         if password_hash is not None:
             changes["password"] = "reset"
         append(session, who.audit("account.update", "account", found.username, found.region, **changes), now)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Viewer, ensure_covers
+from api.auth import AUTH_RESPONSES, UNREADABLE, Operator, Problem, Viewer, ensure_covers
 from api.deps import ControllerDep, SessionDep, read
 from controller.alarms import acknowledge, alarm_region
 from controller.models import Alarm, Terminal
@@ -59,7 +59,7 @@ def alarms(
 @router.post(
     "/{alarm_id}/acknowledge",
     response_model=AlarmPublic,
-    responses={404: {"model": Problem, "description": "no such alarm"}},
+    responses={**UNREADABLE, 404: {"model": Problem, "description": "no such alarm"}},
 )
 async def acknowledge_alarm(
     alarm_id: str, who: Operator, controller: ControllerDep, body: Acknowledgement | None = None

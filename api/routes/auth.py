@@ -9,7 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
-from api.auth import AUTH_RESPONSES, Problem, Viewer, source_of
+from api.auth import AUTH_RESPONSES, UNREADABLE, Problem, Viewer, source_of
 from api.deps import ControllerDep, read
 from controller.accounts import (
     PASSWORD_MAX,
@@ -79,6 +79,7 @@ def token_answer(controller: Controller, account: Account, refresh: str) -> Toke
     "/token",
     response_model=TokenAnswer,
     responses={
+        **UNREADABLE,
         401: {"model": Problem, "description": "wrong username or password"},
         429: {"model": Problem, "description": "too many failed sign-ins: wait (Retry-After)"},
     },
@@ -163,7 +164,10 @@ async def password_sign_in(
 @router.post(
     "/refresh",
     response_model=TokenAnswer,
-    responses={401: {"model": Problem, "description": "unknown, used, revoked or expired refresh token"}},
+    responses={
+        **UNREADABLE,
+        401: {"model": Problem, "description": "unknown, used, revoked or expired refresh token"},
+    },
 )
 async def refresh(body: RefreshRequest, controller: ControllerDep) -> TokenAnswer:
     """Spend a refresh token for a new access token and a new refresh token. Each refresh token
@@ -202,6 +206,7 @@ def me(who: Viewer, controller: ControllerDep) -> Me:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
         **AUTH_RESPONSES,
+        **UNREADABLE,
         422: {"model": Problem, "description": "wrong current password, or a weak new one"},
     },
 )

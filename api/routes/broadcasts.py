@@ -7,7 +7,17 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, func, select
 
-from api.auth import AUTH_RESPONSES, Approver, Operator, Problem, Responses, Viewer, ensure_covers, sees
+from api.auth import (
+    AUTH_RESPONSES,
+    UNREADABLE,
+    Approver,
+    Operator,
+    Problem,
+    Responses,
+    Viewer,
+    ensure_covers,
+    sees,
+)
 from api.deps import ControllerDep, SessionDep, read
 from controller.accounts import Principal, Role
 from controller.approvals import needs_approval
@@ -27,11 +37,13 @@ _CONFLICT: Responses = {409: {"model": Problem, "description": "the broadcast's 
 _INVALID: Responses = {
     422: {"model": Problem, "description": "the request cannot be carried out (the detail says why)"}
 }
+_STOPPING: Responses = {503: {"model": Problem, "description": "the controller is shutting down"}}
 _SENDING: Responses = {
+    **UNREADABLE,
     **_INVALID,
     428: {"model": Problem, "description": "an actual emergency needs the preview's `confirmation`"},
     429: {"model": Problem, "description": "too many broadcasts from this account in the last minute"},
-    503: {"model": Problem, "description": "the controller is shutting down"},
+    **_STOPPING,
 }
 
 
@@ -153,7 +165,7 @@ async def _checked(who: Principal, controller: Controller, request: BroadcastReq
     return request
 
 
-@router.post("/preview", response_model=Preview, responses=_INVALID)
+@router.post("/preview", response_model=Preview, responses={**UNREADABLE, **_INVALID})
 async def preview(request: BroadcastRequest, who: Operator, controller: ControllerDep) -> Preview:
     """What this request would do, in words ("Level II flood emergency broadcast to … 197 villages,
     412 terminals. ACTUAL — not a drill"), whether it would wait for approval, and the
@@ -209,7 +221,7 @@ async def update_broadcast(
     "/{broadcast_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BroadcastAccepted,
-    responses={**_UNKNOWN, **_CONFLICT},
+    responses={**_UNKNOWN, **_CONFLICT, **_STOPPING},
 )
 async def cancel_broadcast(broadcast_id: str, who: Operator, controller: ControllerDep) -> BroadcastAccepted:
     """Stop it everywhere: terminals playing it stop and report `cancelled`; the rest never start it.
@@ -225,7 +237,7 @@ async def cancel_broadcast(broadcast_id: str, who: Operator, controller: Control
     "/{broadcast_id}/false-alarm",
     status_code=status.HTTP_201_CREATED,
     response_model=BroadcastAccepted,
-    responses={**_UNKNOWN, **_CONFLICT, **_INVALID},
+    responses={**UNREADABLE, **_UNKNOWN, **_CONFLICT, **_INVALID, **_STOPPING},
 )
 async def correct_false_alarm(
     broadcast_id: str, who: Operator, controller: ControllerDep, body: Correction | None = None
@@ -256,7 +268,7 @@ async def correct_false_alarm(
 @router.post(
     "/{broadcast_id}/approve",
     response_model=BroadcastAccepted,
-    responses={**_UNKNOWN, **_CONFLICT, **_INVALID},
+    responses={**_UNKNOWN, **_CONFLICT, **_INVALID, **_STOPPING},
 )
 async def approve_broadcast(broadcast_id: str, who: Approver, controller: ControllerDep) -> BroadcastAccepted:
     """Approve a broadcast awaiting approval: it is sent now. Needs the approver role over its
@@ -264,7 +276,11 @@ async def approve_broadcast(broadcast_id: str, who: Approver, controller: Contro
     return _accepted(await controller.approve(broadcast_id, who))
 
 
-@router.post("/{broadcast_id}/reject", response_model=BroadcastAccepted, responses={**_UNKNOWN, **_CONFLICT})
+@router.post(
+    "/{broadcast_id}/reject",
+    response_model=BroadcastAccepted,
+    responses={**UNREADABLE, **_UNKNOWN, **_CONFLICT},
+)
 async def reject_broadcast(
     broadcast_id: str, who: Approver, controller: ControllerDep, body: Decision | None = None
 ) -> BroadcastAccepted:

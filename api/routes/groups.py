@@ -7,7 +7,16 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, covering, ensure_covers
+from api.auth import (
+    AUTH_RESPONSES,
+    UNREADABLE,
+    Operator,
+    Problem,
+    Responses,
+    Viewer,
+    covering,
+    ensure_covers,
+)
 from api.deps import ControllerDep, SessionDep, read
 from controller.accounts import Principal
 from controller.groups import GROUP_ID_PATTERN, GroupSpec, delete_group, get_group, list_groups, save_group
@@ -35,6 +44,7 @@ class GroupPublic(BaseModel):
     response_model=GroupPublic,
     responses={
         201: {"model": GroupPublic},
+        **UNREADABLE,
         422: {"model": Problem, "description": "unknown region or terminal"},
     },
 )

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Viewer
+from api.auth import AUTH_RESPONSES, UNREADABLE, Operator, Problem, Viewer
 from api.deps import ControllerDep, SessionDep
 from controller.media import inspect_audio
 from controller.models import Programme
@@ -33,7 +33,12 @@ class ProgrammePublic(BaseModel):
     created_at: datetime
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ProgrammePublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProgrammePublic,
+    responses={**UNREADABLE, 422: {"model": Problem, "description": "the speech engine failed on the text"}},
+)
 async def speak_programme(spec: SpokenProgramme, who: Operator, controller: ControllerDep) -> Programme:
     """A programme from text, spoken now by the offline engine (eSpeak NG) and kept as audio. Without
     an engine it is stored as text only (the answer has no `media`), for terminals that speak."""
@@ -60,6 +65,7 @@ async def speak_programme(spec: SpokenProgramme, who: Operator, controller: Cont
     status_code=status.HTTP_201_CREATED,
     response_model=ProgrammePublic,
     responses={
+        **UNREADABLE,
         413: {"model": Problem, "description": "larger than CUNXIANG_MAX_UPLOAD_BYTES"},
         422: {"model": Problem, "description": "not audio we can play"},
     },

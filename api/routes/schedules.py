@@ -8,7 +8,17 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, covering, ensure_covers, sees
+from api.auth import (
+    AUTH_RESPONSES,
+    UNREADABLE,
+    Operator,
+    Problem,
+    Responses,
+    Viewer,
+    covering,
+    ensure_covers,
+    sees,
+)
 from api.deps import ControllerDep, SessionDep, read
 from api.routes.groups import group_regions
 from controller.accounts import Principal
@@ -16,6 +26,7 @@ from controller.models import Schedule, ScheduleRun, TerminalGroup
 from controller.schedules import (
     CalendarEntry,
     Conflict,
+    LocalDateTime,
     ScheduleSpec,
     calendar,
     delete_schedule,
@@ -29,7 +40,10 @@ from devices.messages import RegionCode, now_utc
 
 router = APIRouter(prefix="/schedules", tags=["schedules"], responses=AUTH_RESPONSES)
 _UNKNOWN: Responses = {404: {"model": Problem, "description": "no such schedule"}}
-_INVALID: Responses = {422: {"model": Problem, "description": "what is wrong with the schedule"}}
+_INVALID: Responses = {
+    **UNREADABLE,
+    422: {"model": Problem, "description": "what is wrong with the schedule"},
+}
 MAX_CALENDAR_SPAN = timedelta(days=62)
 
 
@@ -39,9 +53,9 @@ class SchedulePublic(BaseModel):
     programme_id: str
     regions: list[str]
     groups: list[str]
-    start: datetime
+    start: LocalDateTime
     rrule: str | None
-    until: datetime | None
+    until: LocalDateTime | None
     timezone: str
     expires_in_s: int
     missed: str
@@ -178,7 +192,11 @@ def schedule_regions(session: Session, schedule: Schedule) -> list[str]:
     return _target_regions(session, schedule.regions, schedule.groups)
 
 
-@router.get("/calendar", response_model=Calendar)
+@router.get(
+    "/calendar",
+    response_model=Calendar,
+    responses={422: {"model": Problem, "description": "`to` not after `from`, or more than 62 days"}},
+)
 def schedule_calendar(
     who: Viewer,
     session: SessionDep,

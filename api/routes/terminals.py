@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from api.auth import AUTH_RESPONSES, Admin, Problem, Responses, Viewer, ensure_covers
+from api.auth import AUTH_RESPONSES, UNREADABLE, Admin, Problem, Responses, Viewer, ensure_covers
 from api.deps import ControllerDep, SessionDep, read
 from api.routes.alarms import AlarmPublic
 from controller.accounts import Principal
@@ -27,7 +27,7 @@ from devices.messages import Heartbeat, RegionCode
 
 router = APIRouter(prefix="/terminals", tags=["terminals"], responses=AUTH_RESPONSES)
 _UNKNOWN: Responses = {404: {"model": Problem, "description": "no such terminal in service"}}
-_INVALID: Responses = {422: {"model": Problem, "description": "what is wrong, line by line"}}
+_INVALID: Responses = {**UNREADABLE, 422: {"model": Problem, "description": "what is wrong, line by line"}}
 PresenceFilter = Literal["online", "offline", "lost", "unknown"]
 
 
