@@ -210,7 +210,8 @@ def _operations(app: FastAPI) -> set[tuple[str, str]]:
     return {
         (method, route.path_format)
         for route in routes
-        if route.path_format not in DOCS_PATHS
+        # The console's pages are HTML for browsers, left out of the API's document on purpose.
+        if route.path_format not in DOCS_PATHS and getattr(route, "include_in_schema", True)
         for method in (route.methods or set()) - {"HEAD"}
     }
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import AUTH_RESPONSES, Operator, Problem
+from api.auth import AUTH_RESPONSES, UNREADABLE, Operator, Problem
 from api.deps import ControllerDep
 from controller.speech import SpeechUnavailable
 
@@ -29,6 +29,7 @@ class SpeechAudio(BaseModel):
     "",
     response_model=SpeechAudio,
     responses={
+        **UNREADABLE,
         422: {"model": Problem, "description": "the engine could not speak it"},
         503: {"model": Problem, "description": "no speech engine is installed"},
     },
