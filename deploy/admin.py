@@ -56,16 +56,7 @@ def create_admin(settings: Settings, username: str, region: str, role: str, pass
     def store(session: Session) -> None:
         now = now_utc()
         create_account(session, new, password_hash, "cli", now)
-        entry = AuditEntry(
-            actor="cli",
-            source="cli",
-            action="account.create",
-            object_type="account",
-            object_id=username,
-            region=region,
-            detail={"role": role},
-        )
-        append(session, entry, now)
+        append(session, _by_cli("account.create", "account", username, region, role), now)
         session.commit()
 
     try:
@@ -83,16 +74,7 @@ def issue_api_key(settings: Settings, name: str, region: str, role: Role) -> str
     def store(session: Session) -> str:
         now = now_utc()
         _record, key = new_api_key(session, name, role, region, "cli", now)
-        entry = AuditEntry(
-            actor="cli",
-            source="cli",
-            action="api_key.create",
-            object_type="api_key",
-            object_id=name,
-            region=region,
-            detail={"role": role},
-        )
-        append(session, entry, now)
+        append(session, _by_cli("api_key.create", "api_key", name, region, role), now)
         session.commit()
         return key
 
@@ -107,6 +89,19 @@ def create_api_key(settings: Settings, name: str, region: str, role: str) -> int
         return 2
     print(key)
     return 0
+
+
+def _by_cli(action: str, object_type: str, object_id: str, region: str, role: str) -> AuditEntry:
+    """The audit record of something done on the server's command line."""
+    return AuditEntry(
+        actor="cli",
+        source="cli",
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        region=region,
+        detail={"role": role},
+    )
 
 
 def _reason(exc: Exception) -> str:

@@ -14,9 +14,8 @@ from api.console.rendering import render
 from api.console.session import console_principal
 from api.deps import SessionDep
 from api.routes.broadcasts import concerns, visible
-from api.routes.groups import group_regions
+from api.routes.groups import all_groups
 from controller.accounts import Principal, Role
-from controller.groups import list_groups
 from controller.models import Broadcast, BroadcastState, Region
 from controller.programmes import list_programmes
 
@@ -84,7 +83,7 @@ def approvals(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLR
 @router.get("/send", response_class=HTMLResponse)
 def send(request: Request, reader: ReaderDep, session: SessionDep) -> HTMLResponse:
     root = session.get(Region, reader.who.region)
-    groups = [g for g in list_groups(session) if all(reader.who.covers(c) for c in group_regions(session, g))]
+    groups = all_groups(reader.who, session)
     return page(
         request,
         "send.html",
