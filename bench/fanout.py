@@ -374,7 +374,14 @@ async def run_fanout(
         await asyncio.sleep(SETTLE_S)
         await wait_written(controller)
 
-        body = {"kind": "emergency", "level": 1, "regions": [COUNTY], "text": "bench", "expires_in": 600}
+        body = {
+            "kind": "emergency",
+            "level": 1,
+            "status": "test",
+            "regions": [COUNTY],
+            "text": "bench",
+            "expires_in": 600,
+        }
         pids = {"controller": [controller.pid], "terminals": [p.pid for p in processes]}
         if mosquitto is not None and mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]
