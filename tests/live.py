@@ -22,6 +22,14 @@ from simulator.runner import Fleet
 from simulator.scenario import Scenario
 
 
+def http_client(base_url: str | httpx.URL, **headers: str) -> httpx.AsyncClient:
+    """A client of a live server. It lets an idle connection go after 2 s, before uvicorn closes it
+    (5 s): reusing one the server is closing at that moment fails the request (ReadError)."""
+    return httpx.AsyncClient(
+        base_url=base_url, timeout=30, headers=headers, limits=httpx.Limits(keepalive_expiry=2)
+    )
+
+
 class LiveServer:
     """uvicorn + the app (and so the controller) on a free port; `http` is a client bound to it."""
 
@@ -32,7 +40,7 @@ class LiveServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.server = http_server(self.app, "127.0.0.1", self.port)
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self.http = http_client(f"http://127.0.0.1:{self.port}")
         self._task: asyncio.Task[None] | None = None
         self._clients: list[httpx.AsyncClient] = []
         self.refresh_tokens: dict[str, str] = {}
@@ -90,7 +98,7 @@ class LiveServer:
             session.commit()
 
         await self.controller.writer.call(store)
-        client = httpx.AsyncClient(base_url=self.http.base_url, timeout=30)
+        client = http_client(self.http.base_url)
         self._clients.append(client)
         answer = await client.post("/api/v1/auth/token", data={"username": username, "password": password})
         assert answer.status_code == 200, answer.text

@@ -15,7 +15,7 @@ from controller.embedded_broker import EmbeddedBroker
 from controller.models import Broadcast, Delivery
 from controller.regions import villages_under
 from tests.conftest import make_settings
-from tests.live import LiveServer, eventually, specs_in
+from tests.live import LiveServer, eventually, http_client, specs_in
 
 TINGSIQIAO = "421202100"  # 汀泗桥镇
 HESHENGQIAO = "421202104"  # 贺胜桥镇, another township
@@ -126,9 +126,7 @@ async def test_nobody_approves_their_own_alert(live: LiveServer) -> None:
 async def test_machine_clients_need_approval_too_and_a_rejected_alert_is_never_sent(live: LiveServer) -> None:
     targets = await villages(live, TINGSIQIAO, 1)
     await live.register(specs_in(targets))
-    upstream = httpx.AsyncClient(
-        base_url=live.http.base_url, headers={"X-API-Key": await live.api_key("cap-feed", Role.OPERATOR)}
-    )
+    upstream = http_client(live.http.base_url, **{"X-API-Key": await live.api_key("cap-feed", Role.OPERATOR)})
     async with upstream:
         held = (await upstream.post("/api/v1/broadcasts", json=alert(targets, level=1))).json()
     assert held["state"] == "awaiting_approval"

@@ -43,7 +43,7 @@ from controller.models import Account
 from controller.tokens import issue_refresh_token
 from devices.messages import Heartbeat, Speaker, encode, now_utc
 from tests.conftest import make_settings
-from tests.live import LiveServer, eventually, specs_in
+from tests.live import LiveServer, eventually, http_client, specs_in
 
 COUNTY = "421202"  # 咸安区
 A = "421202100"  # 汀泗桥镇
@@ -315,7 +315,7 @@ async def world(
     settings = make_settings(f"sqlite:///{database}", embedded_broker.url, approval_levels=[1, 2])
     async with (
         LiveServer(settings) as live,
-        httpx.AsyncClient(base_url=live.http.base_url, timeout=30) as http,
+        http_client(live.http.base_url) as http,
     ):
         world = World(live, http, await _callers(live), {})
         world.password_hash = await asyncio.to_thread(hash_password, "secret-pw-123")

@@ -15,7 +15,7 @@ from controller.audit import AuditRecord
 from controller.embedded_broker import EmbeddedBroker
 from controller.models import Account
 from tests.conftest import make_settings
-from tests.live import LiveServer
+from tests.live import LiveServer, http_client
 
 TOKEN = "/api/v1/auth/token"
 
@@ -34,7 +34,7 @@ async def live(database_url: str, embedded_broker: EmbeddedBroker) -> AsyncItera
 
 
 def anonymous(live: LiveServer) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=live.http.base_url, timeout=30)
+    return http_client(live.http.base_url)
 
 
 async def test_sign_in_refresh_and_who_am_i(live: LiveServer) -> None:
