@@ -129,6 +129,7 @@ async def start_terminals(
     playback: float,
     timeout: float,
     impl: str,
+    keyset: Path,
 ) -> list[asyncio.subprocess.Process]:
     processes = []
     for index, part in enumerate(split(specs)):
@@ -153,6 +154,8 @@ async def start_terminals(
                 str(workdir / f"commands-{index}.json"),
                 "--impl",
                 impl,
+                "--keys",
+                str(keyset),
             )
         )
     return processes
@@ -361,7 +364,14 @@ async def run_fanout(
         connect_timeout = 60.0 + 0.06 * n
         started = time.monotonic()
         processes = await start_terminals(
-            workdir, broker_url, str(overrides["topic_prefix"]), specs, playback, connect_timeout, impl
+            workdir,
+            broker_url,
+            str(overrides["topic_prefix"]),
+            specs,
+            playback,
+            connect_timeout,
+            impl,
+            controller.keyset_path,
         )
         print(
             f"bench: {n} terminals ({impl}) in {len(processes)} process(es) connecting to "

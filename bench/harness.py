@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import httpx
 from controller.accounts import Role
 from controller.embedded_broker import free_port
 from controller.settings import load_settings
+from controller.signing_keys import KEYSET_FILE
 from deploy.admin import issue_api_key
 from deploy.mosquitto import MosquittoError, mosquitto_binary, run_mosquitto, stop_process
 
@@ -278,9 +280,15 @@ class ControllerProcess:
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.port = free_port(HOST)
-        self.overrides = {**overrides, "http_host": HOST}
+        keys = overrides.get("signing_key_dir") or tempfile.mkdtemp(prefix="cunxiang-bench-keys-")
+        self.overrides = {**overrides, "http_host": HOST, "signing_key_dir": str(keys)}
         self.process: asyncio.subprocess.Process | None = None
         self.client = httpx.AsyncClient(base_url=f"http://{HOST}:{self.port}", timeout=120)
+
+    @property
+    def keyset_path(self) -> Path:
+        """The public keys its commands are signed with (written when it starts), for terminals."""
+        return Path(self.overrides["signing_key_dir"]) / KEYSET_FILE
 
     @property
     def pid(self) -> int:

@@ -47,6 +47,7 @@ from devices.messages import (
     encode,
     now_utc,
 )
+from devices.signing import KeySet
 from devices.terminal_core import Step, TerminalCore
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec
@@ -143,6 +144,7 @@ class LeanTerminal:
         port: int,
         topics: TopicScheme,
         behaviour: Behaviour,
+        keys: KeySet,
         reactor: Reactor,
         on_first_command: Callable[[str], None] | None = None,
         seed: int = 0,
@@ -155,7 +157,7 @@ class LeanTerminal:
         self._reactor = reactor
         self._on_first_command = on_first_command
         self._rng = random.Random(f"{seed}-{spec.terminal_id}")
-        self.core = TerminalCore(spec.terminal_id)
+        self.core = TerminalCore(spec.terminal_id, keys)
         self.sock: Any = None
         self.watching_write = False
         self.connected = False
@@ -324,12 +326,13 @@ class LeanFleet:
         port: int,
         topics: TopicScheme,
         behaviour: Behaviour,
+        keys: KeySet,
         on_first_command: Callable[[str], None] | None = None,
         connect_concurrency: int = 200,
     ) -> None:
         self.reactor = Reactor()
         self.terminals = [
-            LeanTerminal(spec, host, port, topics, behaviour, self.reactor, on_first_command)
+            LeanTerminal(spec, host, port, topics, behaviour, keys, self.reactor, on_first_command)
             for spec in specs
         ]
         self._concurrency = connect_concurrency

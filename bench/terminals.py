@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.lean import LeanFleet, share_command_decoding
 from controller.bus import BrokerAddress
+from devices.signing import KeySet
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec
 from simulator.runner import Fleet
@@ -44,7 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument("--times-file", type=Path, default=None)
     parser.add_argument("--impl", choices=("lean", "aiomqtt"), default="lean")
+    parser.add_argument("--keys", type=Path, required=True, help="the controller's keyset.json")
     return parser.parse_args(argv)
+
+
+def read_keys(path: Path) -> KeySet:
+    return KeySet.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def read_specs(path: Path) -> list[SimulatedSpec]:
@@ -90,6 +96,7 @@ def run_lean(args: argparse.Namespace) -> int:
         address.port,
         TopicScheme(args.prefix),
         Behaviour(playback_s=args.playback, heartbeat_interval_s=args.heartbeat),
+        read_keys(args.keys),
         on_first_command=noted,
     )
     try:
@@ -118,6 +125,7 @@ async def run_aiomqtt(args: argparse.Namespace) -> int:
         specs,
         address.host,
         address.port,
+        read_keys(args.keys),
         TopicScheme(args.prefix),
         Behaviour(playback_s=args.playback, heartbeat_interval_s=args.heartbeat),
     )

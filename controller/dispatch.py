@@ -11,12 +11,14 @@ so sending again is how acknowledgements lost on the way are recovered too.
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 
 from controller.bus import BusUnavailable, MqttBus
 from controller.metrics import Metrics
 from controller.models import BroadcastState
+from controller.signing_keys import SigningKeys
 from controller.tracker import DeliveryTracker, LiveBroadcast
-from devices.messages import now_utc
+from devices.messages import Cancel, Command, decode_command, encode, now_utc
 from devices.topics import TopicScheme
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,23 @@ PUBLISH_TIMEOUT_S = 5.0
 RESEND_CONCURRENCY = 200
 
 
+@lru_cache(maxsize=256)
+def _message(payload: bytes) -> Command | Cancel:
+    """A stored command or cancel payload, decoded once however often it is sent again."""
+    return decode_command(payload)
+
+
 class Dispatcher:
-    def __init__(self, bus: MqttBus, tracker: DeliveryTracker, topics: TopicScheme, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        bus: MqttBus,
+        tracker: DeliveryTracker,
+        topics: TopicScheme,
+        metrics: Metrics,
+        keys: SigningKeys,
+    ) -> None:
         self._bus = bus
+        self._keys = keys
         self._tracker = tracker
         self._topics = topics
         self._metrics = metrics
@@ -86,9 +102,13 @@ class Dispatcher:
         self._tracker.mark_sent(live, None, now_utc())
         return True
 
-    async def _send_all(self, topics: list[str], payload: bytes) -> list[bool]:
-        """Publish `payload` on each topic, a bounded number at a time; whether the broker took each."""
+    async def _send_all(self, topics: list[str], stored: bytes) -> list[bool]:
+        """Publish the stored command or cancel on each topic, stamped now and signed (every send
+        anew: a terminal refuses a copy sent long ago), a bounded number at a time; whether the
+        broker took each."""
         gate = asyncio.Semaphore(RESEND_CONCURRENCY)
+        now = now_utc()
+        payload = encode(self._keys.signer(now).sign(_message(stored), now))
 
         async def send(topic: str) -> bool:
             async with gate:

@@ -42,6 +42,13 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.commands_refused = Counter(
+            "cunxiang_commands_refused_total",
+            "Terminals refusing a command in our name as not signed by a key they trust: a forgery, "
+            "or a terminal missing the controller's current key",
+            ["reason"],
+            registry=r,
+        )
         self.delivery_ignored = Counter(
             "cunxiang_delivery_transitions_ignored_total",
             "Acknowledgements of a tracked delivery that did not move it: duplicate, backwards, after_final",

@@ -51,6 +51,7 @@ from controller.regions import ensure_bundled_regions
 from controller.scheduler import Claim, Clock, Scheduler
 from controller.schedules import request_for
 from controller.settings import Settings
+from controller.signing_keys import SigningKeys
 from controller.speech import Speech, SpeechEngine, SpeechFailed, SpeechUnavailable
 from controller.telemetry import TelemetrySampler, prune_telemetry
 from controller.terminals import (
@@ -133,6 +134,7 @@ class Controller:
             Thresholds(settings.fault_low_signal_dbm, settings.fault_high_temperature_c),
         )
         self.telemetry = TelemetrySampler(self.writer, timedelta(seconds=settings.telemetry_sample_s))
+        self.keys = SigningKeys(settings.signing_key_dir)
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
         self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, self.cancel, clock)
@@ -177,7 +179,8 @@ class Controller:
             metrics=self.metrics,
             keepalive=self.settings.mqtt_keepalive_s,
         )
-        self.dispatcher = Dispatcher(self.bus, self.tracker, self.topics, self.metrics)
+        await asyncio.to_thread(self.keys.ensure, now_utc())
+        self.dispatcher = Dispatcher(self.bus, self.tracker, self.topics, self.metrics, self.keys)
         self._run("mqtt", self.bus.run())
         self._run("db-writer", self.writer.run())
         self._run("sweep", self._sweep())
@@ -557,6 +560,7 @@ class Controller:
         while True:
             await asyncio.sleep(self.settings.expiry_sweep_interval_s)
             try:
+                self.keys.refresh()
                 await self._lapse_approvals()
                 await self._prune_telemetry()
                 self.tracker.sweep(now_utc())

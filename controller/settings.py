@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     """at most one telemetry sample per terminal this often is kept (heartbeats come every ~30 s)"""
     telemetry_keep_days: Annotated[int, Field(ge=1, le=3650)] = 30
     """telemetry samples older than this are deleted"""
+    signing_key_dir: Path = Path("keys")
+    """the controller's command-signing keys and the public key set terminals are given
+    (`keyset.json`); every controller process of a deployment uses the same keys"""
     media_dir: Path = Path("media")
     """where programme audio and synthesised speech are kept"""
     public_url: str | None = None

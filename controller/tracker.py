@@ -37,6 +37,12 @@ _TIMESTAMP_COLUMN = {
 }
 
 
+UNTRUSTED = frozenset(
+    {AckReason.UNSIGNED, AckReason.UNKNOWN_KEY, AckReason.BAD_SIGNATURE, AckReason.KEY_NOT_VALID}
+)
+"""a terminal's reasons for refusing a command it could not verify"""
+
+
 @dataclass
 class LiveBroadcast:
     """What the tracker keeps of a broadcast until it is over."""
@@ -240,6 +246,11 @@ class DeliveryTracker:
         current = live.states.get(ack.terminal_id)
         if current is None:
             return AckOutcome.NOT_TARGETED
+        if ack.stage is AckStage.REJECTED and ack.reason in UNTRUSTED:
+            # Not the end of the delivery: what the terminal refused may have been a forgery using
+            # this command's id, and the genuine command (sent again) may still reach it.
+            self._metrics.commands_refused.labels(ack.reason.value).inc()
+            return None
         new = STATE_FOR_STAGE[ack.stage]
         if ack.terminal_id in live.owed_cancel and live.final(new):
             self._confirm_cancel(live, ack, new, at)

@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         help="register the terminals first with the controller at this URL",
     )
     simulate.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="the controller's public key set, to verify its commands (default: keyset.json in "
+        "CUNXIANG_SIGNING_KEY_DIR)",
+    )
+    simulate.add_argument(
         "--api-key",
         default=os.environ.get("CUNXIANG_API_KEY"),
         help="an administrator's API key, for --register (default CUNXIANG_API_KEY)",
@@ -103,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Mosquitto's password file and ACL from the terminal registry (per-terminal rights)",
     )
     acl.add_argument("--out", type=Path, default=Path("/etc/mosquitto"), help="directory to write them into")
+
+    keys = commands.add_parser("keys", help="the controller's command-signing keys (see deploy/keys.py)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("export", help="print the public key set terminals must hold")
+    rotate = keys_commands.add_parser("rotate", help="add a key that comes into force later, without a gap")
+    rotate.add_argument("--in", dest="after", default="7d", help="when the new key comes into force (7d)")
+    rotate.add_argument(
+        "--overlap", default="1d", help="how long the current key stays valid after that (1d)"
+    )
 
     bench = commands.add_parser("bench", help="benchmarks (see docs/performance.md)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
@@ -210,6 +226,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.admin_command == "create":
             return create_admin(settings, args.username, args.region, args.role, args.password_stdin)
         return create_api_key(settings, args.name, args.region, args.role)
+    if args.command == "keys":
+        from deploy.keys import export_keys, rotate_keys
+
+        if args.keys_command == "export":
+            return export_keys(settings)
+        return rotate_keys(settings, args.after, args.overlap)
     if args.command == "deploy":
         from deploy.broker_access import run_mosquitto_acl
 

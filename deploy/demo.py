@@ -87,7 +87,7 @@ async def _start_simulated_county(
     assert controller.bus is not None
     broker = f"mqtt://{controller.bus.address.host}:{controller.bus.address.port}"
     command = ["-m", "deploy.cli", "simulate", "--broker", broker, "--region", region]
-    command += ["--per-village", str(per_village)]
+    command += ["--per-village", str(per_village), "--keys", str(controller.keys.keyset_path)]
     if playback is not None:
         command += ["--playback", str(playback)]
     # Its own process, so the simulated county runs on another core than the controller.

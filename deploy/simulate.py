@@ -11,7 +11,9 @@ import httpx
 from controller.bus import BrokerAddress
 from controller.regions import bundled_divisions, parse_divisions
 from controller.settings import Settings
+from controller.signing_keys import KEYSET_FILE
 from devices.identifiers import RegionLevel
+from devices.signing import KeySet
 from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages
 from simulator.runner import Fleet
 from simulator.scenario import ScenarioError, load_scenario
@@ -56,10 +58,17 @@ async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"bad scenario: {exc}", file=sys.stderr)
         return 2
+    keyset_path = args.keys or settings.signing_key_dir / KEYSET_FILE
+    try:
+        keys = KeySet.model_validate_json(keyset_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"cannot read the controller's public keys from {keyset_path}: {exc}", file=sys.stderr)
+        return 2
     fleet = Fleet(
         specs,
         address.host,
         address.port,
+        keys,
         settings.topics,
         Behaviour(playback_s=args.playback),
         scenario=scenario,

@@ -65,6 +65,31 @@ class Content(BaseModel):
         return self
 
 
+class Signature(BaseModel):
+    """Who signed a command (`kid`: which of the controller's keys) and the Ed25519 signature of its
+    signed bytes, base64url without padding (see devices/signing.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    value: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{86}$")]
+
+
+class SignedMessage(WireModel):
+    """What the controller sends on a command topic: signed, and stamped with when this copy was sent."""
+
+    sent_at: AwareDatetime | None = None
+    """when this copy was sent (each retry is stamped and signed anew); a terminal refuses a copy
+    sent too far from its own clock"""
+    sig: Signature | None = None
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the signature covers: sorted keys, no spaces, UTF-8, absent members left out,
+        `sig` left out. Computed from the decoded values, so a time sent as `+00:00` and one sent as
+        `Z` give the same bytes: signer and verifier agree however a relay re-serialised the JSON."""
+        return canonical_json(self.model_dump(mode="json", exclude_none=True, exclude={"sig"}))
+
+
 class BroadcastStatus(StrEnum):
     """Whether a broadcast is real (CAP's status): a terminal announces exercises and tests as such."""
 
@@ -97,7 +122,7 @@ def announcement(status: BroadcastStatus, language: str) -> str | None:
     return words.get(language.split("-")[0].lower(), words["zh"])
 
 
-class Command(WireModel):
+class Command(SignedMessage):
     """An instruction to play. Never retained; terminals de-duplicate by `id`."""
 
     id: CommandId
@@ -135,16 +160,8 @@ class Command(WireModel):
         """Whether the command is resumed after something pre-empts it (programmes only)."""
         return self.kind is BroadcastKind.PROGRAMME
 
-    def canonical_bytes(self) -> bytes:
-        """The bytes a signature will cover: sorted keys, no spaces, UTF-8, absent members left out.
 
-        Computed from the decoded values, so a time sent as `+00:00` and one sent as `Z` give the
-        same bytes: signer and verifier agree however a relay re-serialised the JSON.
-        """
-        return canonical_json(self.model_dump(mode="json", exclude_none=True))
-
-
-class Cancel(WireModel):
+class Cancel(SignedMessage):
     """An instruction to stop command `cancels` if it is playing, and never to start it. Never retained."""
 
     id: CommandId
@@ -175,6 +192,12 @@ class AckReason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     PLAYBACK_ERROR = "playback_error"
     HIGHER_PRIORITY = "higher_priority"
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    KEY_NOT_VALID = "key_not_valid"
+    STALE = "stale"
+    """sent too far from the terminal's clock: a replayed copy, or a clock that needs setting"""
 
 
 _STAGES_NEEDING_REASON = {AckStage.PREEMPTED, AckStage.REJECTED, AckStage.FAILED}
@@ -270,6 +293,9 @@ class Heartbeat(WireModel):
     signal_dbm: Annotated[int, Field(ge=-150, le=0)] | None = None
     firmware: Annotated[str, Field(max_length=64)] | None = None
     playing: CommandId | None = None
+    clock_skew_s: Annotated[float, Field(ge=-1e9, le=1e9)] | None = None
+    """the terminal's clock minus the controller's, as last measured from a command's `sent_at`
+    (network delay included: tenths of a second)"""
 
 
 _HEARTBEAT_REQUIRED = frozenset({"v", "terminal_id", "at"})

@@ -4,6 +4,10 @@ A terminal agent (the simulator, or the agent on a real loudspeaker) feeds it wh
 its player does, and carries out the `Step` it answers: acknowledgements to publish, a command to
 start playing, a command to stop. The rules:
 
+- before anything else, a command or cancel must be signed by one of the controller's keys the
+  terminal holds, and sent within `window` of the terminal's clock (devices/signing.py); one that
+  is not is refused (`rejected` with the reason) and not remembered, so a forgery cannot spoil the
+  genuine command of the same id; a copy of a command already answered is answered as before;
 - a command id seen before is a duplicate (QoS 1 redelivers; the controller retries on the
   terminal's own topic): nothing new happens, the last acknowledgement for it is sent again;
 - a command that has expired by the terminal's clock is rejected (`expired`);
@@ -23,7 +27,7 @@ start playing, a command to stop. The rules:
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from devices.errors import PayloadError
 from devices.messages import (
@@ -37,6 +41,7 @@ from devices.messages import (
     decode_command,
     is_command_id,
 )
+from devices.signing import DEFAULT_WINDOW, KeySet, Refusal, refusal
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,14 @@ class TerminalCore:
     """One terminal's memory of commands; `remember` bounds the de-duplication window."""
 
     terminal_id: str
+    keys: KeySet
+    """the controller's public keys this terminal trusts"""
     remember: int = 1024
+    window: timedelta = DEFAULT_WINDOW
+    clock_skew_s: float | None = None
+    """this terminal's clock minus the controller's, from the last genuine command (for heartbeats)"""
+    stale: int = 0
+    """genuine-looking copies refused as sent too long ago (replays, or copies kept while away)"""
     current: Command | None = None
     suspended: list[Command] = field(default_factory=list)
     """pre-empted programmes, resumed highest priority first. Each was pre-empted by a strictly
@@ -76,10 +88,34 @@ class TerminalCore:
                 if exc.reason == "unsupported_version"
                 else AckReason.BAD_PAYLOAD
             )
-            return Step(acks=(self._ack(command_id, AckStage.REJECTED, now, reason, exc.detail),))
+            return Step(acks=(self._ack(command_id, AckStage.REJECTED, now, reason, exc.detail, keep=False),))
+        refused = refusal(command, self.keys, now, self.window)
+        if refused is Refusal.STALE:
+            # A copy of one already answered is answered as before. Otherwise no answer: it may be
+            # a genuine copy the broker kept while this terminal was away, and the controller sends
+            # a fresh one when it comes back; a `rejected` now would end the delivery before that.
+            self.stale += 1
+            previous = self._last_ack.get(command.id)
+            return Step(acks=(previous,) if previous is not None else ())
+        if refused is not None:
+            if command.id in self._last_ack:
+                return Step()
+            return Step(acks=(self._ack(command.id, AckStage.REJECTED, now, AckReason(refused), keep=False),))
+        assert command.sent_at is not None
+        self.clock_skew_s = round((now - command.sent_at).total_seconds(), 1)
         if isinstance(command, Cancel):
             return self.on_cancel(command, now)
         return self.on_command(command, now)
+
+    def remembered(self) -> list[Ack]:
+        """The last acknowledgement of each command remembered, oldest first: what an agent keeps on
+        disk so that a command played before a reboot is not played again after it."""
+        return list(self._last_ack.values())
+
+    def recall(self, acks: list[Ack]) -> None:
+        """Remember what `remembered` gave before a reboot."""
+        for ack in acks[-self.remember :]:
+            self._last_ack[ack.command_id] = ack
 
     def on_cancel(self, cancel: Cancel, now: datetime) -> Step:
         """Stop the cancelled command if it plays and answer `cancelled` for it (its final ack if over)."""
@@ -188,7 +224,10 @@ class TerminalCore:
         reason: AckReason | None = None,
         detail: str | None = None,
         by: str | None = None,
+        keep: bool = True,
     ) -> Ack:
+        """An acknowledgement, remembered as the command's last unless `keep` is False (a refusal
+        of something unverified must not stand for the genuine command of that id)."""
         if detail is not None and len(detail) > DETAIL_MAX:
             detail = detail[: DETAIL_MAX - 1] + "…"
         ack = Ack(
@@ -200,15 +239,17 @@ class TerminalCore:
             by=by,
             at=now,
         )
+        if not keep:
+            return ack
         self._last_ack[command_id] = ack
         self._last_ack.move_to_end(command_id)
         excess = len(self._last_ack) - self.remember
         if excess > 0:
             # What is playing or put aside must stay recognisable as a duplicate.
-            keep = {c.id for c in self.suspended}
+            held = {c.id for c in self.suspended}
             if self.current is not None:
-                keep.add(self.current.id)
-            for oldest in [k for k in self._last_ack if k not in keep][:excess]:
+                held.add(self.current.id)
+            for oldest in [k for k in self._last_ack if k not in held][:excess]:
                 del self._last_ack[oldest]
         return ack
 

@@ -4,6 +4,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from devices.signing import KeySet
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec
 from simulator.scenario import Scenario, play
@@ -19,6 +20,8 @@ class Fleet:
     specs: list[SimulatedSpec]
     host: str
     port: int
+    keys: KeySet
+    """the controller's public keys the terminals trust"""
     topics: TopicScheme = field(default_factory=TopicScheme)
     behaviour: Behaviour = field(default_factory=Behaviour)
     connect_concurrency: int = 64
@@ -30,7 +33,8 @@ class Fleet:
     async def start(self, timeout: float = 120.0) -> None:
         """Start every terminal, a few at a time, and wait until all are online."""
         self.terminals = [
-            SimulatedTerminal(spec, self.host, self.port, self.topics, self.behaviour) for spec in self.specs
+            SimulatedTerminal(spec, self.host, self.port, self.topics, self.behaviour, self.keys)
+            for spec in self.specs
         ]
         gate = asyncio.Semaphore(self.connect_concurrency)
 

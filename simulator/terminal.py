@@ -20,6 +20,7 @@ from devices.messages import (
     encode,
     now_utc,
 )
+from devices.signing import KeySet
 from devices.terminal_core import Step, TerminalCore
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, Condition, SimulatedSpec
@@ -37,6 +38,7 @@ class SimulatedTerminal:
         port: int,
         topics: TopicScheme,
         behaviour: Behaviour,
+        keys: KeySet,
         seed: int = 0,
     ) -> None:
         self.spec = spec
@@ -45,7 +47,8 @@ class SimulatedTerminal:
         self._topics = topics
         self._behaviour = behaviour
         self._rng = random.Random(f"{seed}-{spec.terminal_id}")
-        self.core = TerminalCore(spec.terminal_id)
+        self._keys = keys
+        self.core = TerminalCore(spec.terminal_id, keys)
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._session = 0
@@ -87,7 +90,7 @@ class SimulatedTerminal:
             self._player.cancel()
             self._player = None
         self._playing, self._left = None, {}
-        self.core = TerminalCore(self.spec.terminal_id)
+        self.core = TerminalCore(self.spec.terminal_id, self._keys)
         client = self._client
         paho_socket = client._client.socket() if client is not None else None
         if isinstance(paho_socket, socket.socket):
@@ -204,6 +207,7 @@ class SimulatedTerminal:
                 else condition.signal_dbm,
                 firmware=self._behaviour.firmware,
                 playing=playing,
+                clock_skew_s=self.core.clock_skew_s,
             )
             await client.publish(self._topics.terminal_heartbeat(self.spec.terminal_id), encode(beat), qos=0)
             with contextlib.suppress(TimeoutError):

@@ -8,11 +8,14 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from devices.messages import (
     Ack,
     AckReason,
     AckStage,
     AudioRef,
+    Cancel,
     Command,
     Content,
     ControllerStatus,
@@ -22,6 +25,7 @@ from devices.messages import (
     encode,
 )
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
+from devices.signing import KeySet, PublicKey, Signer
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
 """A fixed 'now' for every test: nothing here reads the clock."""
@@ -158,3 +162,19 @@ def as_dict(message: Any) -> dict[str, Any]:
 def to_payload(data: Any) -> bytes:
     """UTF-8 JSON bytes of any value (a tampered message, an array, ...)."""
     return json.dumps(data, ensure_ascii=False).encode()
+
+
+# The test controller's key: fixed, so payloads built in tests are reproducible.
+TEST_SIGNER = Signer("test-key", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+TEST_KEYS = KeySet(
+    keys=[
+        PublicKey(
+            kid="test-key", public_key=TEST_SIGNER.public_key(), valid_from=datetime(2000, 1, 1, tzinfo=UTC)
+        )
+    ]
+)
+
+
+def signed(message: Command | Cancel, sent_at: datetime | None = None) -> bytes:
+    """The payload the controller would send: stamped `sent_at` (default: its issue time) and signed."""
+    return encode(TEST_SIGNER.sign(message, sent_at or message.issued_at))

@@ -95,6 +95,7 @@ def make_settings(database_url: str, broker_url: str, **overrides: object) -> Se
         "topic_prefix": f"t{tag}",
         "expiry_sweep_interval_s": 0.2,
         "media_dir": MEDIA_DIR / tag,
+        "signing_key_dir": MEDIA_DIR / tag / "keys",
         # Tests of the two-person rule turn it on (tests/test_approval.py); elsewhere a level I/II
         # alert is sent at once, as the tests of delivery expect.
         "approval_levels": [],

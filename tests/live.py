@@ -154,6 +154,7 @@ class LiveServer:
             specs,
             broker.address.host,
             broker.address.port,
+            self.controller.keys.keyset(),
             self.topics,
             Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),  # type: ignore[arg-type]
             scenario=scenario,

@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from devices.messages import AckStage, Cancel, encode
+from devices.messages import AckStage, Cancel
 from devices.terminal_core import TerminalCore
-from tests.builders import make_command
+from tests.builders import TEST_KEYS, make_command, signed
 from tests.live import LiveServer, eventually, specs_in
 
 NOW = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -15,17 +15,17 @@ def cancel_of(command_id: str) -> Cancel:
 
 
 def test_cancel_stops_the_playing_command_and_acks_cancelled() -> None:
-    core = TerminalCore("t-1")
+    core = TerminalCore("t-1", TEST_KEYS)
     command = make_command(issued_at=NOW - timedelta(seconds=1))
     core.on_command(command, NOW)
-    step = core.on_payload(encode(cancel_of(command.id)), NOW)
+    step = core.on_payload(signed(cancel_of(command.id), NOW), NOW)
     assert step.stop == command.id and core.current is None
     [ack] = step.acks
     assert (ack.command_id, ack.stage, ack.by) == (command.id, AckStage.CANCELLED, "cancel-0001")
 
 
 def test_cancel_before_the_command_arrives_means_it_never_starts() -> None:
-    core = TerminalCore("t-1")
+    core = TerminalCore("t-1", TEST_KEYS)
     command = make_command(issued_at=NOW - timedelta(seconds=1))
     assert core.on_cancel(cancel_of(command.id), NOW).acks[0].stage is AckStage.CANCELLED
     late = core.on_command(command, NOW)
@@ -33,7 +33,7 @@ def test_cancel_before_the_command_arrives_means_it_never_starts() -> None:
 
 
 def test_cancel_of_a_finished_command_repeats_its_final_ack() -> None:
-    core = TerminalCore("t-1")
+    core = TerminalCore("t-1", TEST_KEYS)
     command = make_command(issued_at=NOW - timedelta(seconds=1))
     core.on_command(command, NOW)
     core.on_finished(command.id, NOW)
@@ -42,7 +42,7 @@ def test_cancel_of_a_finished_command_repeats_its_final_ack() -> None:
 
 
 def test_cancel_does_not_stop_a_different_command() -> None:
-    core = TerminalCore("t-1")
+    core = TerminalCore("t-1", TEST_KEYS)
     playing = make_command(issued_at=NOW - timedelta(seconds=1))
     core.on_command(playing, NOW)
     step = core.on_cancel(cancel_of("some-other-command"), NOW)

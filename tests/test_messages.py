@@ -474,62 +474,62 @@ FULL_COMMAND = make_emergency(
 )
 
 
-def test_canonical_bytes_are_the_same_for_equal_commands_built_separately() -> None:
-    assert make_command().canonical_bytes() == make_command().canonical_bytes()
+def test_signed_bytes_are_the_same_for_equal_commands_built_separately() -> None:
+    assert make_command().signed_bytes() == make_command().signed_bytes()
 
 
-def test_canonical_bytes_do_not_depend_on_the_received_key_order() -> None:
+def test_signed_bytes_do_not_depend_on_the_received_key_order() -> None:
     reordered = to_payload(_reverse_keys(as_dict(FULL_COMMAND)))
-    assert decode(Command, reordered).canonical_bytes() == FULL_COMMAND.canonical_bytes()
+    assert decode(Command, reordered).signed_bytes() == FULL_COMMAND.signed_bytes()
 
 
-def test_canonical_bytes_survive_an_encode_decode_round_trip() -> None:
-    assert decode(Command, encode(FULL_COMMAND)).canonical_bytes() == FULL_COMMAND.canonical_bytes()
+def test_signed_bytes_survive_an_encode_decode_round_trip() -> None:
+    assert decode(Command, encode(FULL_COMMAND)).signed_bytes() == FULL_COMMAND.signed_bytes()
 
 
-def test_canonical_bytes_are_sorted_compact_utf8_json() -> None:
-    canonical = FULL_COMMAND.canonical_bytes()
+def test_signed_bytes_are_sorted_compact_utf8_json() -> None:
+    canonical = FULL_COMMAND.signed_bytes()
     data = json.loads(canonical.decode("utf-8"))
     assert canonical == json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def test_canonical_bytes_keep_non_ascii_text_unescaped() -> None:
-    assert "山洪预警".encode() in FULL_COMMAND.canonical_bytes()
+def test_signed_bytes_keep_non_ascii_text_unescaped() -> None:
+    assert "山洪预警".encode() in FULL_COMMAND.signed_bytes()
 
 
-def test_canonical_bytes_include_every_member_that_is_sent() -> None:
-    assert json.loads(FULL_COMMAND.canonical_bytes()) == as_dict(FULL_COMMAND)
+def test_signed_bytes_include_every_member_that_is_sent() -> None:
+    assert json.loads(FULL_COMMAND.signed_bytes()) == as_dict(FULL_COMMAND)
 
 
-def test_canonical_bytes_include_version_op_defaults_and_language() -> None:
-    data = json.loads(make_command().canonical_bytes())
+def test_signed_bytes_include_version_op_defaults_and_language() -> None:
+    data = json.loads(make_command().signed_bytes())
     assert (data["v"], data["op"], data["repeat"], data["content"]["language"]) == (1, "play", 1, "zh-CN")
 
 
-def test_canonical_bytes_leave_out_absent_optional_members() -> None:
-    data = json.loads(make_command().canonical_bytes())
+def test_signed_bytes_leave_out_absent_optional_members() -> None:
+    data = json.loads(make_command().signed_bytes())
     assert {"level", "volume"}.isdisjoint(data)
     assert "audio" not in data["content"]
 
 
-def test_canonical_bytes_leave_out_unknown_received_members() -> None:
+def test_signed_bytes_leave_out_unknown_received_members() -> None:
     data = as_dict(FULL_COMMAND)
     data["x-extra"] = "unsigned"
-    assert decode(Command, to_payload(data)).canonical_bytes() == FULL_COMMAND.canonical_bytes()
+    assert decode(Command, to_payload(data)).signed_bytes() == FULL_COMMAND.signed_bytes()
 
 
-def test_canonical_bytes_keep_times_with_their_offset_and_microseconds() -> None:
-    data = json.loads(FULL_COMMAND.canonical_bytes())
+def test_signed_bytes_keep_times_with_their_offset_and_microseconds() -> None:
+    data = json.loads(FULL_COMMAND.signed_bytes())
     assert data["issued_at"] == "2026-11-27T13:00:00.123456+08:00"
 
 
 @pytest.mark.parametrize(
     "sent", ["2026-11-27T05:00:00+00:00", "2026-11-27T05:00:00.000Z", "2026-11-27T05:00:00Z"]
 )
-def test_canonical_bytes_are_the_same_however_an_equal_time_was_written(sent: str) -> None:
+def test_signed_bytes_are_the_same_however_an_equal_time_was_written(sent: str) -> None:
     data = as_dict(make_command())
     data["issued_at"] = sent
-    assert b'"issued_at":"2026-11-27T05:00:00Z"' in decode(Command, to_payload(data)).canonical_bytes()
+    assert b'"issued_at":"2026-11-27T05:00:00Z"' in decode(Command, to_payload(data)).signed_bytes()
 
 
 @pytest.mark.parametrize(
@@ -548,7 +548,7 @@ def test_canonical_bytes_are_the_same_however_an_equal_time_was_written(sent: st
     ],
     ids=lambda changes: next(iter(changes)),
 )
-def test_canonical_bytes_change_when_any_signed_member_changes(changes: dict[str, Any]) -> None:
+def test_signed_bytes_change_when_any_signed_member_changes(changes: dict[str, Any]) -> None:
     members: dict[str, Any] = {
         "level": EmergencyLevel.III,
         "issuer_region": CITY,
@@ -558,7 +558,7 @@ def test_canonical_bytes_change_when_any_signed_member_changes(changes: dict[str
         "repeat": 2,
     }
     members.update(changes)
-    assert make_emergency(**members).canonical_bytes() != FULL_COMMAND.canonical_bytes()
+    assert make_emergency(**members).signed_bytes() != FULL_COMMAND.signed_bytes()
 
 
 def test_canonical_json_does_not_depend_on_insertion_order() -> None:

@@ -29,7 +29,9 @@ def test_every_wire_message_has_an_example_in_the_document() -> None:
     wire_models = {
         name
         for name, value in vars(messages).items()
-        if isinstance(value, type) and issubclass(value, WireModel) and value is not WireModel
+        if isinstance(value, type)
+        and issubclass(value, WireModel)
+        and value not in (WireModel, messages.SignedMessage)
     }
     assert wire_models == {name for name, _ in examples()}
 

@@ -5,18 +5,21 @@ from typing import Any
 
 import pytest
 
-from devices.messages import Ack, AckReason, AckStage, Command, encode
+from devices.messages import Ack, AckReason, AckStage, Command
 from devices.priority import BroadcastKind, EmergencyLevel
 from devices.terminal_core import Step, TerminalCore
 from tests.builders import (
     CITY,
     T0,
     TERMINAL_ID,
+    TEST_KEYS,
+    TEST_SIGNER,
     VILLAGE,
     as_dict,
     command_id,
     make_command,
     make_emergency,
+    signed,
     to_payload,
 )
 
@@ -25,7 +28,7 @@ LATER = T0 + timedelta(seconds=30)
 
 
 def _core(**kwargs: Any) -> TerminalCore:
-    return TerminalCore(TERMINAL_ID, **kwargs)
+    return TerminalCore(TERMINAL_ID, TEST_KEYS, **kwargs)
 
 
 def _playing(command: Command, **kwargs: Any) -> TerminalCore:
@@ -65,7 +68,7 @@ def test_acks_carry_the_terminal_id_and_the_time_given() -> None:
 
 
 def test_valid_payload_is_handled_like_the_decoded_command() -> None:
-    assert _core().on_payload(encode(MID), NOW) == _core().on_command(MID, NOW)
+    assert _core().on_payload(signed(MID, NOW), NOW) == _core().on_command(TEST_SIGNER.sign(MID, NOW), NOW)
 
 
 # --- duplicates --------------------------------------------------------------------------------
@@ -105,8 +108,8 @@ def test_duplicate_of_preempted_command_resends_preempted() -> None:
 
 def test_duplicate_payload_resends_the_same_ack() -> None:
     core = _core()
-    first = core.on_payload(encode(MID), NOW)
-    assert core.on_payload(encode(MID), LATER) == Step(acks=first.acks)
+    first = core.on_payload(signed(MID, NOW), NOW)
+    assert core.on_payload(signed(MID, LATER), LATER) == Step(acks=first.acks)
 
 
 def test_duplicate_is_recognised_even_after_the_command_expired() -> None:

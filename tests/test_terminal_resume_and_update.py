@@ -10,6 +10,7 @@ from tests.builders import (
     COUNTY,
     T0,
     TERMINAL_ID,
+    TEST_KEYS,
     TOWNSHIP,
     VILLAGE,
     command_id,
@@ -27,7 +28,7 @@ def _stages(step: Step) -> list[tuple[str, AckStage, AckReason | None, str | Non
 
 def _playing(*commands: Command) -> TerminalCore:
     """A terminal that was sent `commands` in order and started whatever it was told to start."""
-    core = TerminalCore(TERMINAL_ID)
+    core = TerminalCore(TERMINAL_ID, TEST_KEYS)
     for command in commands:
         step = core.on_command(command, NOW)
         if step.start is not None:
@@ -134,7 +135,7 @@ def test_programmes_from_every_issuer_level_nest_and_resume_in_order() -> None:
 
 
 def test_a_programme_put_aside_stays_recognisable_however_many_commands_follow() -> None:
-    core = TerminalCore(TERMINAL_ID, remember=4)
+    core = TerminalCore(TERMINAL_ID, TEST_KEYS, remember=4)
     core.on_command(PROGRAMME, NOW)
     core.on_command(ALERT, NOW)
     for n in range(30, 40):
@@ -173,7 +174,7 @@ def test_an_update_of_lower_priority_still_replaces_the_one_it_supersedes() -> N
 
 
 def test_an_update_of_a_command_never_seen_ends_it_in_advance() -> None:
-    core = TerminalCore(TERMINAL_ID)
+    core = TerminalCore(TERMINAL_ID, TEST_KEYS)
     update = _update(13, ALERT)
     step = core.on_command(update, NOW)
     assert _stages(step)[0] == (ALERT.id, AckStage.CANCELLED, None, update.id)
