@@ -1,13 +1,15 @@
 """docs/protocol.md is the contract: every example in it parses and validates against the code."""
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from devices import messages
-from devices.messages import WireModel, decode, encode
+from devices.messages import Command, WireModel, decode, encode
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
+from devices.signing import KeySet, Refusal, refusal
 from devices.topics import TopicScheme
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -62,3 +64,19 @@ def test_documented_controller_wildcards_match_the_code() -> None:
     text = DOCUMENT.read_text(encoding="utf-8")
     for topic in TopicScheme().controller_subscriptions():
         assert f"`{topic}`" in text
+
+
+def test_the_documented_signed_command_verifies_against_the_documented_key_set() -> None:
+    text = DOCUMENT.read_text(encoding="utf-8")
+    keyset = re.search(r"<!-- keyset -->\s*```json\n(.*?)```", text, re.S)
+    assert keyset is not None
+    keys = KeySet.model_validate_json(keyset.group(1))
+    signed = [
+        decode(Command, body.encode()) for name, body in examples() if name == "Command" and '"sig"' in body
+    ]
+    assert len(signed) == 1
+    command = signed[0]
+    assert command.sent_at is not None
+    assert refusal(command, keys, command.sent_at, timedelta(minutes=5)) is None
+    tampered = command.model_copy(update={"repeat": 1})
+    assert refusal(tampered, keys, command.sent_at, timedelta(minutes=5)) is Refusal.BAD_SIGNATURE
