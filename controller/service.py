@@ -606,7 +606,12 @@ class Controller:
     async def _broker_address(self) -> BrokerAddress:
         if not self.settings.embedded_broker:
             assert self.settings.mqtt_url is not None
-            return BrokerAddress.from_url(self.settings.mqtt_url)
+            return BrokerAddress.from_url(
+                self.settings.mqtt_url,
+                ca_file=self.settings.mqtt_ca_file,
+                cert_file=self.settings.mqtt_cert_file,
+                key_file=self.settings.mqtt_key_file,
+            )
         self.broker = EmbeddedBroker(self.settings.embedded_broker_host, self.settings.embedded_broker_port)
         await asyncio.to_thread(self.broker.start)
         log.info("no CUNXIANG_MQTT_URL set: started the embedded MQTT broker (amqtt) on %s", self.broker.url)

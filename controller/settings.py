@@ -5,9 +5,10 @@ from typing import Annotated
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.tls import TLS_SCHEME, client_context, is_tls_url_scheme
 from devices.identifiers import is_region_code, is_terminal_id
 from devices.topics import TopicScheme
 
@@ -22,8 +23,15 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./cunxiang.db"
     mqtt_url: str | None = Field(
         default=None,
-        description="mqtt://[user:password@]host[:port] of the broker; unset starts an embedded broker",
+        description="mqtt://[user:password@]host[:port] of the broker (mqtts:// for TLS, port 8883 by "
+        "default); unset starts an embedded broker",
     )
+    mqtt_ca_file: Path | None = None
+    """the CA certificates (PEM) an mqtts:// broker's certificate must chain to; default the system's"""
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = Field(default=None, validate_default=True)
+    """the controller's client certificate and its key (PEM), for a broker requiring mutual TLS; the
+    key may instead be in the certificate's file"""
     embedded_broker_host: str = "127.0.0.1"
     embedded_broker_port: Annotated[int, Field(ge=0, le=65535)] = 1883
     topic_prefix: str = "cx"
@@ -100,9 +108,59 @@ class Settings(BaseSettings):
             return None
         assert value is not None
         parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError("must look like mqtt://[user:password@]host[:port]")
+        try:
+            is_tls_url_scheme(parts.scheme)
+        except ValueError:
+            raise ValueError("must look like mqtt://[user:password@]host[:port] (mqtts:// for TLS)") from None
+        if not parts.hostname:
+            raise ValueError("has no host: mqtt://[user:password@]host[:port]")
         parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        return value
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _mqtt_ca_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        _only_over_tls(info)
+        try:
+            client_context(ca_file=value)
+        except OSError as exc:
+            raise ValueError(f"cannot be read as PEM CA certificates: {_why(exc)}") from None
+        return value
+
+    @field_validator("mqtt_cert_file")
+    @classmethod
+    def _mqtt_cert_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        _only_over_tls(info)
+        _readable(value)
+        return value
+
+    @field_validator("mqtt_key_file")
+    @classmethod
+    def _mqtt_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Checks the certificate and key as a pair (so it runs even when the key is unset)."""
+        if "mqtt_cert_file" not in info.data:
+            return value  # the certificate's own error is reported
+        cert_file = info.data["mqtt_cert_file"]
+        if cert_file is None:
+            if value is not None:
+                raise ValueError("is the key of CUNXIANG_MQTT_CERT_FILE, which is not set")
+            return None
+        if value is not None:
+            _readable(value)
+        try:
+            client_context(cert_file=cert_file, key_file=value)
+        except OSError as exc:
+            where = "is not the key of" if value else "is not set, and there is no key in"
+            raise ValueError(f"{where} CUNXIANG_MQTT_CERT_FILE: {_why(exc)}") from None
         return value
 
     @field_validator("topic_prefix")
@@ -164,6 +222,25 @@ class Settings(BaseSettings):
         """Where terminals download media from: `<public URL>/media`."""
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
         return f"{self.public_url or f'http://{host}:{self.http_port}'}/media"
+
+
+def _only_over_tls(info: ValidationInfo) -> None:
+    """A TLS file with a plain mqtt:// broker would leave someone believing the link is encrypted."""
+    url = info.data.get("mqtt_url")
+    if url is not None and urlsplit(url).scheme != TLS_SCHEME:
+        raise ValueError("is for an mqtts:// broker, but CUNXIANG_MQTT_URL is not mqtts://")
+
+
+def _readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {_why(exc)}") from None
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 class SettingsError(Exception):

@@ -34,7 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     simulate = commands.add_parser("simulate", help="simulated terminals for every village under a region")
     simulate.add_argument("--region", default="421202")
     simulate.add_argument("--per-village", type=int, default=2)
-    simulate.add_argument("--broker", default=None, help="mqtt://host:port (default CUNXIANG_MQTT_URL)")
+    simulate.add_argument(
+        "--broker", default=None, help="mqtt://host:port or mqtts://host:port (default CUNXIANG_MQTT_URL)"
+    )
+    simulate.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="for mqtts://: the CA certificates to trust (default CUNXIANG_MQTT_CA_FILE, else the system's)",
+    )
+    simulate.add_argument(
+        "--cert-file",
+        type=Path,
+        default=None,
+        help="for a broker requiring client certificates: the terminals' (default CUNXIANG_MQTT_CERT_FILE)",
+    )
+    simulate.add_argument(
+        "--key-file", type=Path, default=None, help="its key (default CUNXIANG_MQTT_KEY_FILE)"
+    )
     simulate.add_argument(
         "--playback",
         type=float,
@@ -110,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         help="Mosquitto's password file and ACL from the terminal registry (per-terminal rights)",
     )
     acl.add_argument("--out", type=Path, default=Path("/etc/mosquitto"), help="directory to write them into")
+    tls = deploy_commands.add_parser(
+        "tls",
+        help="a private CA (reused if in --out), the broker's certificate, clients' for mutual TLS",
+    )
+    tls.add_argument("--out", type=Path, required=True, help="directory for the CA, certificates and keys")
+    tls.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address clients reach the broker at (repeatable); issues server.crt",
+    )
+    tls.add_argument(
+        "--client", action="append", default=[], help="issue NAME.crt, a client certificate (repeatable)"
+    )
 
     keys = commands.add_parser("keys", help="the controller's command-signing keys (see deploy/keys.py)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -232,6 +263,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.keys_command == "export":
             return export_keys(settings)
         return rotate_keys(settings, args.after, args.overlap)
+    if args.command == "deploy" and args.deploy_command == "tls":
+        from deploy.tls import run_tls
+
+        return run_tls(args.out, args.host, args.client)
     if args.command == "deploy":
         from deploy.broker_access import run_mosquitto_acl
 

@@ -52,7 +52,16 @@ async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
     specs = fleet_for_villages(villages, args.per_village)
     if args.register:
         await asyncio.to_thread(register_over_http, args.register, args.api_key, specs)
-    address = BrokerAddress.from_url(url)
+    try:
+        address = BrokerAddress.from_url(
+            url,
+            ca_file=args.ca_file or settings.mqtt_ca_file,
+            cert_file=args.cert_file or settings.mqtt_cert_file,
+            key_file=args.key_file or settings.mqtt_key_file,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"bad broker {url}: {exc}", file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario) if args.scenario else None
     except ScenarioError as exc:
@@ -72,6 +81,7 @@ async def run_simulator(settings: Settings, args: argparse.Namespace) -> int:
         settings.topics,
         Behaviour(playback_s=args.playback),
         scenario=scenario,
+        tls=address.tls,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from devices.signing import KeySet
@@ -27,13 +28,17 @@ class Fleet:
     connect_concurrency: int = 64
     scenario: Scenario | None = None
     """faults to play out once every terminal is online"""
+    tls: ssl.SSLContext | None = None
+    """for an mqtts:// broker: how the terminals check its certificate (controller/tls.py)"""
     terminals: list[SimulatedTerminal] = field(default_factory=list)
     _tasks: list["asyncio.Task[None]"] = field(default_factory=list)
 
     async def start(self, timeout: float = 120.0) -> None:
         """Start every terminal, a few at a time, and wait until all are online."""
         self.terminals = [
-            SimulatedTerminal(spec, self.host, self.port, self.topics, self.behaviour, self.keys)
+            SimulatedTerminal(
+                spec, self.host, self.port, self.topics, self.behaviour, self.keys, tls=self.tls
+            )
             for spec in self.specs
         ]
         gate = asyncio.Semaphore(self.connect_concurrency)
@@ -44,7 +49,10 @@ class Fleet:
                 await terminal.connected.wait()
 
         await asyncio.wait_for(asyncio.gather(*(start_one(t) for t in self.terminals)), timeout)
-        log.info("%d simulated terminals online at mqtt://%s:%d", len(self.terminals), self.host, self.port)
+        scheme = "mqtts" if self.tls else "mqtt"
+        log.info(
+            "%d simulated terminals online at %s://%s:%d", len(self.terminals), scheme, self.host, self.port
+        )
         if self.scenario is not None:
             self._tasks.append(asyncio.create_task(play(self.scenario, self.terminals)))
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import time
 
 import aiomqtt
@@ -40,10 +41,12 @@ class SimulatedTerminal:
         behaviour: Behaviour,
         keys: KeySet,
         seed: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.spec = spec
         self._host = host
         self._port = port
+        self._tls = tls
         self._topics = topics
         self._behaviour = behaviour
         self._rng = random.Random(f"{seed}-{spec.terminal_id}")
@@ -121,6 +124,7 @@ class SimulatedTerminal:
                     keepalive=60,
                     will=will,
                     timeout=30,
+                    tls_context=self._tls,
                 ) as client:
                     self._client = client
                     await self._online(client)

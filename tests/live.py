@@ -158,6 +158,7 @@ class LiveServer:
             self.topics,
             Behaviour(**({"playback_s": 0.3, "start_delay_s": (0.0, 0.05)} | behaviour)),  # type: ignore[arg-type]
             scenario=scenario,
+            tls=broker.address.tls,
         )
 
 

@@ -1,11 +1,15 @@
 """One settings object from CUNXIANG_* variables; a bad one fails at start naming the variable."""
 
+import datetime
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller.settings import SettingsError, load_settings
+from deploy.tls import new_authority
 
 
 def test_defaults_run_on_a_sqlite_file_and_an_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,6 +33,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     [
         ("CUNXIANG_MQTT_URL", "http://broker:1883"),
         ("CUNXIANG_MQTT_URL", "mqtt://broker:notaport"),
+        ("CUNXIANG_MQTT_URL", "ssl://broker:8883"),
+        ("CUNXIANG_MQTT_URL", "mqtts://:8883"),
         ("CUNXIANG_DATABASE_URL", "mysql://db/cx"),
         ("CUNXIANG_HTTP_PORT", "70000"),
         ("CUNXIANG_TOPIC_PREFIX", "has/slash"),
@@ -59,3 +65,63 @@ def test_cunxiang_command_exits_2_with_one_clear_line_on_a_bad_setting() -> None
     )
     assert result.returncode == 2
     assert result.stderr.startswith("invalid setting CUNXIANG_MQTT_URL:")
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.crt"
+    authority = new_authority(datetime.datetime.now(datetime.UTC))
+    path.write_bytes(authority.certificate.public_bytes(Encoding.PEM))
+    return path
+
+
+def test_mqtts_url_with_a_ca_file_is_accepted(monkeypatch: pytest.MonkeyPatch, ca_file: Path) -> None:
+    monkeypatch.setenv("CUNXIANG_MQTT_URL", "mqtts://cunxiang:pw@broker.example")
+    monkeypatch.setenv("CUNXIANG_MQTT_CA_FILE", str(ca_file))
+    settings = load_settings()
+    assert settings.mqtt_url == "mqtts://cunxiang:pw@broker.example"
+    assert settings.mqtt_ca_file == ca_file
+
+
+@pytest.mark.parametrize(
+    ("variable", "content", "why"),
+    [
+        ("CUNXIANG_MQTT_CA_FILE", None, "cannot be read as PEM CA certificates: No such file or directory"),
+        ("CUNXIANG_MQTT_CA_FILE", b"not a certificate", "cannot be read as PEM CA certificates"),
+        ("CUNXIANG_MQTT_CERT_FILE", None, "cannot be read: No such file or directory"),
+        ("CUNXIANG_MQTT_KEY_FILE", b"", "is the key of CUNXIANG_MQTT_CERT_FILE, which is not set"),
+    ],
+)
+def test_an_unusable_tls_file_is_refused_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, content: bytes | None, why: str
+) -> None:
+    path = tmp_path / "file.pem"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv("CUNXIANG_MQTT_URL", "mqtts://broker.example")
+    monkeypatch.setenv(variable, str(path))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(f"invalid setting {variable}: Value error, {why}")
+
+
+def test_a_client_certificate_without_its_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, ca_file: Path
+) -> None:
+    monkeypatch.setenv("CUNXIANG_MQTT_URL", "mqtts://broker.example")
+    monkeypatch.setenv("CUNXIANG_MQTT_CERT_FILE", str(ca_file))  # a certificate, but no key in it
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(
+        "invalid setting CUNXIANG_MQTT_KEY_FILE: Value error, is not set, and there is no key in "
+        "CUNXIANG_MQTT_CERT_FILE"
+    )
+
+
+def test_a_ca_file_with_a_plain_mqtt_url_is_refused(monkeypatch: pytest.MonkeyPatch, ca_file: Path) -> None:
+    # Someone setting a CA believes the link is encrypted; over mqtt:// it would not be.
+    monkeypatch.setenv("CUNXIANG_MQTT_URL", "mqtt://broker.example")
+    monkeypatch.setenv("CUNXIANG_MQTT_CA_FILE", str(ca_file))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "CUNXIANG_MQTT_URL is not mqtts://" in str(raised.value)
