@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         "see simulator/scenario.py and deploy/scenarios/",
     )
 
+    agent = commands.add_parser(
+        "agent", help="run a real loudspeaker terminal (see docs/agent.md and deploy/terminal.example.toml)"
+    )
+    agent.add_argument("--config", type=Path, required=True, help="the terminal's terminal.toml")
+
     regions = commands.add_parser("regions", help="administrative regions")
     regions_commands = regions.add_subparsers(dest="regions_command", required=True)
     load = regions_commands.add_parser(
@@ -251,6 +256,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from deploy.simulate import run_simulator
 
         return asyncio.run(run_simulator(settings, args))
+    if args.command == "agent":
+        from devices.agent.agent import run_agent
+        from devices.agent.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return asyncio.run(run_agent(config))
     if args.command == "admin":
         from deploy.admin import create_admin, create_api_key
 

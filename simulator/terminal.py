@@ -12,15 +12,9 @@ import time
 
 import aiomqtt
 
+from devices.agent.link import TerminalLink
 from devices.backoff import reconnect_delay
-from devices.messages import (
-    Command,
-    Heartbeat,
-    Presence,
-    TerminalStatus,
-    encode,
-    now_utc,
-)
+from devices.messages import Command, Heartbeat, encode, now_utc
 from devices.signing import KeySet
 from devices.terminal_core import Step, TerminalCore
 from devices.topics import TopicScheme
@@ -44,9 +38,16 @@ class SimulatedTerminal:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.spec = spec
-        self._host = host
-        self._port = port
-        self._tls = tls
+        self._link = TerminalLink(
+            spec.terminal_id,
+            spec.region,
+            topics,
+            host,
+            port,
+            tls,
+            firmware=behaviour.firmware,
+            heartbeat_interval_s=behaviour.heartbeat_interval_s,
+        )
         self._topics = topics
         self._behaviour = behaviour
         self._rng = random.Random(f"{seed}-{spec.terminal_id}")
@@ -54,7 +55,6 @@ class SimulatedTerminal:
         self.core = TerminalCore(spec.terminal_id, keys)
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
-        self._session = 0
         self._player: asyncio.Task[None] | None = None
         self._playing: tuple[str, float] | None = None
         """the command being played and when (monotonic) it will end"""
@@ -113,21 +113,11 @@ class SimulatedTerminal:
         attempt = 0
         while True:
             await self._powered.wait()
-            self._session = int(time.time() * 1000)
-            will = aiomqtt.Will(self._status_topic, self._status(Presence.LOST), qos=1, retain=True)
             try:
-                async with aiomqtt.Client(
-                    self._host,
-                    self._port,
-                    identifier=self.spec.terminal_id,
-                    clean_session=False,
-                    keepalive=60,
-                    will=will,
-                    timeout=30,
-                    tls_context=self._tls,
-                ) as client:
+                async with self._link.client() as client:
                     self._client = client
-                    await self._online(client)
+                    await self._link.announce(client)
+                    self.connected.set()
                     attempt = 0
                     heartbeat = asyncio.create_task(self._heartbeats(client))
                     try:
@@ -143,7 +133,8 @@ class SimulatedTerminal:
                     except asyncio.CancelledError:
                         if self._player is not None:
                             self._player.cancel()
-                        await self._goodbye(client)
+                        self.connected.clear()
+                        await self._link.goodbye(client)
                         raise
                     finally:
                         heartbeat.cancel()
@@ -156,36 +147,6 @@ class SimulatedTerminal:
                 delay = reconnect_delay(attempt, self._rng)
                 log.debug("%s: broker unavailable (%s); retry in %.1f s", self.spec.terminal_id, exc, delay)
                 await asyncio.sleep(delay)
-
-    @property
-    def _status_topic(self) -> str:
-        return self._topics.terminal_status(self.spec.terminal_id)
-
-    def _status(self, state: Presence) -> bytes:
-        return encode(
-            TerminalStatus(
-                terminal_id=self.spec.terminal_id,
-                state=state,
-                session=self._session,
-                region=self.spec.region,
-                firmware=self._behaviour.firmware,
-                heartbeat_interval_s=self._behaviour.heartbeat_interval_s,
-                at=now_utc(),
-            )
-        )
-
-    async def _online(self, client: aiomqtt.Client) -> None:
-        for topic in self._topics.terminal_subscriptions(self.spec.terminal_id, self.spec.region):
-            await client.subscribe(topic, qos=1)
-        await client.publish(self._status_topic, self._status(Presence.ONLINE), qos=1, retain=True)
-        self.connected.set()
-
-    async def _goodbye(self, client: aiomqtt.Client) -> None:
-        self.connected.clear()
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self._status_topic, self._status(Presence.OFFLINE), qos=1, retain=True, timeout=5
-            )
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         interval = self._behaviour.heartbeat_interval_s
