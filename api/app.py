@@ -41,8 +41,8 @@ from controller.programmes import ProgrammeNotFound
 from controller.schedules import ScheduleNotFound, ScheduleRejected
 from controller.service import Controller, NotAccepting
 from controller.settings import Settings
-from controller.speech import SpeechFailed
 from controller.terminals import TerminalNotFound, TerminalsRejected
+from devices.voices import SpeechFailed
 
 UPLOAD_PATHS = ("/api/v1/programmes/upload", "/api/v1/terminals/import")
 

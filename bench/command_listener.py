@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.bus import BrokerAddress
+from devices.broker import BrokerAddress
 from devices.topics import TopicScheme
 
 

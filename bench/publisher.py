@@ -22,7 +22,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.bus import BrokerAddress
+from devices.broker import BrokerAddress
 from devices.messages import Ack, AckStage, encode, now_utc
 from devices.topics import TopicScheme
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lean import LeanFleet, share_command_decoding
-from controller.bus import BrokerAddress
+from devices.broker import BrokerAddress
 from devices.signing import KeySet
 from devices.topics import TopicScheme
 from simulator.fleet import Behaviour, SimulatedSpec

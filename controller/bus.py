@@ -26,16 +26,13 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 from controller.metrics import Metrics
-from controller.tls import PLAIN_PORT, TLS_PORT, TLS_SCHEME, client_context, is_tls_url_scheme
 from devices.backoff import reconnect_delay
+from devices.broker import BrokerAddress
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +43,6 @@ class BusUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
-    """set for an mqtts:// broker: how its certificate is checked (controller/tls.py)"""
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        ca_file: Path | None = None,
-        cert_file: Path | None = None,
-        key_file: Path | None = None,
-    ) -> "BrokerAddress":
-        """The broker at mqtt://, tcp:// or mqtts:// `url`; the files only matter for mqtts://."""
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise ValueError(f"no host in broker URL {url!r}")
-        tls = is_tls_url_scheme(parts.scheme)
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (TLS_PORT if tls else PLAIN_PORT),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=client_context(ca_file, cert_file, key_file) if tls else None,
-        )
-
-    def __str__(self) -> str:
-        return f"{TLS_SCHEME if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 StatusPayload = Callable[[str, int], bytes]

@@ -18,6 +18,8 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
+from devices.audio import sniff
+
 FORMATS = ("mp3", "wav", "ogg")
 _PARSERS: dict[str, tuple[type[mutagen.FileType], ...]] = {
     "wav": (WAVE,),
@@ -40,17 +42,6 @@ class AudioInfo:
     @property
     def name(self) -> str:
         return f"{self.sha256}.{self.format}"
-
-
-def sniff(data: bytes) -> str | None:
-    """The audio format the bytes begin like, or None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav"
-    if data[:4] == b"OggS":
-        return "ogg"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        return "mp3"
-    return None
 
 
 def inspect_audio(data: bytes, max_bytes: int) -> AudioInfo:

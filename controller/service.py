@@ -36,7 +36,7 @@ from controller.broadcasts import (
     record_cancel,
     updatable,
 )
-from controller.bus import BrokerAddress, MqttBus
+from controller.bus import MqttBus
 from controller.credentials import mosquitto_hash, new_secret
 from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
@@ -52,7 +52,7 @@ from controller.scheduler import Claim, Clock, Scheduler
 from controller.schedules import request_for
 from controller.settings import Settings
 from controller.signing_keys import SigningKeys
-from controller.speech import Speech, SpeechEngine, SpeechFailed, SpeechUnavailable
+from controller.speech import Speech, SpeechEngine, SpeechUnavailable
 from controller.telemetry import TelemetrySampler, prune_telemetry
 from controller.terminals import (
     Credentials,
@@ -67,6 +67,7 @@ from controller.terminals import (
 from controller.tokens import signing_key
 from controller.tracker import DeliveryTracker, LiveBroadcast
 from controller.writer import DbWriter
+from devices.broker import BrokerAddress
 from devices.errors import ProtocolError
 from devices.messages import (
     Ack,
@@ -84,6 +85,7 @@ from devices.messages import (
 )
 from devices.priority import BroadcastKind
 from devices.topics import TerminalChannel
+from devices.voices import SpeechFailed
 
 log = logging.getLogger(__name__)
 

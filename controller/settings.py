@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controller.tls import TLS_SCHEME, client_context, is_tls_url_scheme
+from devices.broker import TLS_SCHEME, client_context, is_tls_url_scheme
 from devices.identifiers import is_region_code, is_terminal_id
 from devices.topics import TopicScheme
 

@@ -21,28 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.media import AudioInfo, MediaStore, inspect_audio
+from devices.voices import SpeechFailed, voice_for
 
 log = logging.getLogger(__name__)
 
 # eSpeak NG voices for the BCP 47 tags we are given; the first that matches wins.
-VOICES = (("zh", "cmn"), ("cmn", "cmn"), ("yue", "yue"), ("en-GB", "en-gb"), ("en", "en-us"))
 DEFAULT_SPEED_WPM = 150
 _TIMEOUT_S = 60
 
 
 class SpeechUnavailable(RuntimeError):
     """No text-to-speech engine here."""
-
-
-class SpeechFailed(RuntimeError):
-    """The engine could not speak this text (an unsupported language, an engine error)."""
-
-
-def voice_for(language: str) -> str:
-    for prefix, voice in VOICES:
-        if language == prefix or language.startswith(prefix + "-"):
-            return voice
-    raise SpeechFailed(f"no voice for language {language!r}; supported: zh-CN, yue, en, en-GB")
 
 
 @dataclass(frozen=True)

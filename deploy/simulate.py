@@ -8,10 +8,10 @@ import sys
 
 import httpx
 
-from controller.bus import BrokerAddress
 from controller.regions import bundled_divisions, parse_divisions
 from controller.settings import Settings
 from controller.signing_keys import KEYSET_FILE
+from devices.broker import BrokerAddress
 from devices.identifiers import RegionLevel
 from devices.signing import KeySet
 from simulator.fleet import Behaviour, SimulatedSpec, fleet_for_villages

@@ -29,7 +29,7 @@ class Fleet:
     scenario: Scenario | None = None
     """faults to play out once every terminal is online"""
     tls: ssl.SSLContext | None = None
-    """for an mqtts:// broker: how the terminals check its certificate (controller/tls.py)"""
+    """for an mqtts:// broker: how the terminals check its certificate (devices/broker.py)"""
     terminals: list[SimulatedTerminal] = field(default_factory=list)
     _tasks: list["asyncio.Task[None]"] = field(default_factory=list)
 

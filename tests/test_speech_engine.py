@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from controller.media import MediaStore
-from controller.speech import SpeechEngine, SpeechFailed, SpeechUnavailable, voice_for
+from controller.speech import SpeechEngine, SpeechUnavailable
+from devices.voices import SpeechFailed, voice_for
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from controller.bus import BrokerAddress
 from controller.embedded_broker import free_port
-from controller.tls import client_context
 from deploy.mosquitto import mosquitto_binary, run_mosquitto, stop_process
+from devices.broker import BrokerAddress, client_context
 from tests.conftest import make_settings
 from tests.live import LiveServer, specs_in
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import aiomqtt
 
-from controller.bus import BrokerAddress
 from devices.agent.config import AgentConfig
 from devices.agent.fetch import AudioCache, FetchFailed
 from devices.agent.link import TerminalLink
@@ -23,6 +22,7 @@ from devices.agent.player import PlaybackFailed, Player
 from devices.agent.readings import host_readings, signal_dbm
 from devices.agent.state import AnsweredFile
 from devices.backoff import reconnect_delay
+from devices.broker import BrokerAddress
 from devices.messages import Command, Heartbeat, announcement, encode, now_utc
 from devices.terminal_core import Step, TerminalCore
 from devices.topics import TopicScheme

@@ -9,9 +9,9 @@ import hashlib
 import logging
 from pathlib import Path
 
-from controller.media import sniff
-from controller.speech import SpeechFailed, voice_for
 from devices.agent.config import AgentConfig, fill
+from devices.audio import sniff
+from devices.voices import SpeechFailed, voice_for
 
 log = logging.getLogger(__name__)
 
