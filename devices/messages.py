@@ -351,7 +351,9 @@ def _load(payload: bytes | bytearray | str) -> dict[str, Any]:
     try:
         text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
         data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        # Not only UnicodeDecodeError and JSONDecodeError: a number of more digits than Python
+        # converts (sys.get_int_max_str_digits, 4300) raises a bare ValueError.
         raise PayloadError("bad_json", f"payload is not UTF-8 JSON: {exc}") from None
     except RecursionError:
         raise PayloadError("bad_json", "payload nests too deeply") from None
