@@ -7,6 +7,7 @@ derandomized, so CI is reproducible). A longer campaign, with a fresh random see
     CUNXIANG_FUZZ_EXAMPLES=20000 pytest tests/test_fuzz_messages.py
 """
 
+import contextlib
 import json
 import os
 import re
@@ -56,7 +57,7 @@ from devices.messages import (
 from devices.priority import BroadcastKind, EmergencyLevel, command_priority
 from devices.terminal_core import TerminalCore
 from devices.topics import TerminalChannel, TopicScheme
-from tests.builders import T0
+from tests.builders import T0, TEST_KEYS, signed
 from tests.conftest import make_settings
 from tests.test_protocol_document import examples
 
@@ -251,15 +252,31 @@ def test_every_message_parser_returns_a_model_or_a_documented_reason(payload: by
 @given(batch=st.lists(payloads(("Command", "Cancel")), min_size=1, max_size=6))
 @example(batch=[b'{"v": 1, "id": "20261127T053000-1f3a9c0d2b7e", "priority": ' + b"9" * 5000 + b"}"])
 def test_a_terminal_answers_any_command_payload_with_valid_acks(batch: list[bytes]) -> None:
-    core = TerminalCore("sim-421202100001-1")
+    core = TerminalCore("sim-421202100001-1", TEST_KEYS)
     for payload in batch:
-        step = core.on_payload(payload, T0)
-        event(f"acks: {', '.join(f'{a.stage}/{a.reason}' for a in step.acks) or 'none'}")
-        for ack in step.acks:
-            # What the terminal publishes must itself pass the controller's decoding.
-            assert decode(Ack, encode(ack)) == ack
-            if ack.stage is AckStage.REJECTED and ack.reason is not AckReason.EXPIRED:
-                assert ack.reason in {AckReason.BAD_PAYLOAD, AckReason.UNSUPPORTED_VERSION, AckReason.BUSY}
+        # As it came (unsigned, so refused), and as the controller would have signed it, so the
+        # state machine behind the signature check is fuzzed too.
+        steps = [core.on_payload(payload, T0)]
+        with contextlib.suppress(PayloadError):
+            steps.append(core.on_payload(signed(decode_command(payload), T0), T0))
+        for step in steps:
+            event(f"acks: {', '.join(f'{a.stage}/{a.reason}' for a in step.acks) or 'none'}")
+            for ack in step.acks:
+                # What the terminal publishes must itself pass the controller's decoding.
+                assert decode(Ack, encode(ack)) == ack
+                if ack.stage is AckStage.REJECTED and ack.reason is not AckReason.EXPIRED:
+                    assert ack.reason in TERMINAL_REFUSALS
+
+
+TERMINAL_REFUSALS = {
+    AckReason.BAD_PAYLOAD,
+    AckReason.UNSUPPORTED_VERSION,
+    AckReason.BUSY,
+    AckReason.UNSIGNED,
+    AckReason.UNKNOWN_KEY,
+    AckReason.BAD_SIGNATURE,
+    AckReason.KEY_NOT_VALID,
+}
 
 
 # --- the controller side ------------------------------------------------------------------------------
@@ -599,6 +616,8 @@ def test_every_wire_model_is_fuzzed() -> None:
     wire_models = {
         value
         for value in vars(messages).values()
-        if isinstance(value, type) and issubclass(value, WireModel) and value is not WireModel
+        if isinstance(value, type)
+        and issubclass(value, WireModel)
+        and value not in (WireModel, messages.SignedMessage)
     }
     assert wire_models == set(WIRE_MODELS)
