@@ -194,3 +194,23 @@ def test_keys_rotate_and_export_on_the_command_line(tmp_path: Path) -> None:
     assert old.valid_until == new.valid_from + timedelta(days=1)
     assert oct((tmp_path / "keys" / f"{new.kid}.key").stat().st_mode & 0o777) == "0o600"
     assert cunxiang("rotate", "--in", "soon").returncode == 2
+
+
+async def test_each_terminal_reports_its_clock_skew_and_the_api_shows_it(live: LiveServer) -> None:
+    specs = specs_in(["421202100001"])
+    await live.register(specs)
+    async with live.fleet(specs) as fleet:
+        await eventually(lambda: live.controller.presence_of(specs[0].terminal_id) == "online")
+        sent = await live.send(kind="notice", regions=["421202100001"], text="对时", expires_in=300)
+        await live.report_when(sent["id"], lambda r: r["state"] == "finished")
+        terminal = fleet.terminals[0]
+        terminal.set_condition(terminal.condition)  # a heartbeat now, rather than in 30 s
+
+        async def reported() -> bool:
+            found = (await live.http.get(f"/api/v1/terminals/{specs[0].terminal_id}")).json()
+            telemetry = found["telemetry"] or {}
+            return telemetry.get("clock_skew_s") is not None
+
+        await eventually(reported)
+    found = (await live.http.get(f"/api/v1/terminals/{specs[0].terminal_id}")).json()
+    assert abs(found["telemetry"]["clock_skew_s"]) < 5  # one machine: network delay only
