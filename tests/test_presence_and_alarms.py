@@ -244,6 +244,8 @@ async def test_a_terminal_whose_connection_dies_is_lost_by_its_will(live: LiveSe
         f"http://127.0.0.1:{live.port}",
         "--api-key",
         await live.api_key("simulator", Role.ADMIN),
+        "--keys",
+        str(live.controller.keys.keyset_path),
         env=env,
         cwd=str(tmp_path),
     )
