@@ -43,6 +43,7 @@ from bench.harness import (
     ControllerProcess,
     Mosquitto,
     MosquittoMissing,
+    bench_alert,
     cpu_snapshot,
     cpu_used,
     end_process,
@@ -384,14 +385,7 @@ async def run_fanout(
         await asyncio.sleep(SETTLE_S)
         await wait_written(controller)
 
-        body = {
-            "kind": "emergency",
-            "level": 1,
-            "status": "test",
-            "regions": [COUNTY],
-            "text": "bench",
-            "expires_in": 600,
-        }
+        body = bench_alert(COUNTY)
         pids = {"controller": [controller.pid], "terminals": [p.pid for p in processes]}
         if mosquitto is not None and mosquitto.process is not None:
             pids["mosquitto"] = [mosquitto.process.pid]

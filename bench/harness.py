@@ -483,3 +483,16 @@ async def tear_down(
     if controller is not None:
         await controller.stop()
     await mosquitto.stop()
+
+
+def bench_alert(region: str) -> dict[str, Any]:
+    """The alert every benchmark sends: level I, so nothing pre-empts it, and `test` (a technical
+    test of the system), so the two-person rule does not hold it."""
+    return {
+        "kind": "emergency",
+        "level": 1,
+        "status": "test",
+        "regions": [region],
+        "text": "bench",
+        "expires_in": 600,
+    }

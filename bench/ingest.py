@@ -46,6 +46,7 @@ from bench.harness import (
     Mosquitto,
     MosquittoMissing,
     Profiler,
+    bench_alert,
     city_controller,
     controller_categories,
     cpu_snapshot,
@@ -155,14 +156,7 @@ async def run_ingest(
         if len(specs) < n:
             raise BenchError(f"could only make {len(specs)} terminals")
         await register(controller.client, specs)
-        body = {
-            "kind": "emergency",
-            "level": 1,
-            "status": "test",
-            "regions": [COUNTY],
-            "text": "bench",
-            "expires_in": 600,
-        }
+        body = bench_alert(COUNTY)
         response = await controller.client.post("/api/v1/broadcasts", json=body)
         if response.status_code != 201:
             raise BenchError(f"POST /api/v1/broadcasts answered {response.status_code}: {response.text}")

@@ -5,7 +5,11 @@ Every builder returns a message that validates; pass keyword arguments to overri
 """
 
 import json
+import math
+import struct
+import wave
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -178,3 +182,14 @@ TEST_KEYS = KeySet(
 def signed(message: Command | Cancel, sent_at: datetime | None = None) -> bytes:
     """The payload the controller would send: stamped `sent_at` (default: its issue time) and signed."""
     return encode(TEST_SIGNER.sign(message, sent_at or message.issued_at))
+
+
+def tone() -> bytes:
+    """A second of a 8 kHz sine tone as WAV: real audio for uploads and players."""
+    buffer = BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 10))) for i in range(8000)))
+    return buffer.getvalue()

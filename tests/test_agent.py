@@ -3,16 +3,12 @@ that record what they were asked to do (so neither a sound card nor eSpeak NG is
 
 import asyncio
 import json
-import math
 import signal
-import struct
 import subprocess
 import sys
-import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +32,7 @@ from devices.messages import (
 from devices.messages import decode as decode_message
 from devices.signing import Signer
 from devices.topics import TopicScheme
-from tests.builders import TEST_KEYS, make_command, make_content, signed
+from tests.builders import TEST_KEYS, make_command, make_content, signed, tone
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually
 from tests.processes import clean_env, cunxiang, follow
@@ -71,16 +67,6 @@ with open(path, "rb") as audio:
 with open(log, "a") as out:
     out.write(json.dumps({"text": text, "voice": voice, "sha256": digest}) + "\\n")
 """
-
-
-def tone() -> bytes:
-    buffer = BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 10))) for i in range(8000)))
-    return buffer.getvalue()
 
 
 def records(path: Path) -> list[dict[str, Any]]:

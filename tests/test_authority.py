@@ -18,14 +18,10 @@ server keeps the walk well under a minute.
 
 import asyncio
 import itertools
-import math
 import shutil
-import struct
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +38,7 @@ from controller.embedded_broker import EmbeddedBroker
 from controller.models import Account
 from controller.tokens import issue_refresh_token
 from devices.messages import Heartbeat, Speaker, encode, now_utc
+from tests.builders import tone
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually, http_client, specs_in
 
@@ -195,16 +192,6 @@ def schedule_body(programme: str, **target: Any) -> dict[str, Any]:
     return {"name": "早间广播", "programme_id": programme, "start": "2030-06-01T06:30"} | target
 
 
-def tone() -> bytes:
-    buffer = BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 10))) for i in range(8000)))
-    return buffer.getvalue()
-
-
 async def _sign_in(http: httpx.AsyncClient, username: str, password: str) -> str:
     answer = await http.post("/api/v1/auth/token", data={"username": username, "password": password})
     assert answer.status_code == 200, answer.text
@@ -312,7 +299,15 @@ async def world(
 ) -> AsyncIterator[World]:
     database = tmp_path_factory.mktemp("authority") / "cunxiang.db"
     # The two-person rule on, so approve and reject have something awaiting approval.
-    settings = make_settings(f"sqlite:///{database}", embedded_broker.url, approval_levels=[1, 2])
+    # Every caller here signs in from 127.0.0.1, some of them wrongly on purpose: the limit on failed
+    # sign-ins per address (tests/test_sign_in.py) would otherwise answer 429 partway through.
+    settings = make_settings(
+        f"sqlite:///{database}",
+        embedded_broker.url,
+        approval_levels=[1, 2],
+        login_failures_per_source=100_000,
+        login_failures_max=100_000,
+    )
     async with (
         LiveServer(settings) as live,
         http_client(live.http.base_url) as http,
