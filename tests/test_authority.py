@@ -306,7 +306,7 @@ async def world(
         embedded_broker.url,
         approval_levels=[1, 2],
         login_failures_per_source=100_000,
-        login_failures_max=100_000,
+        login_failures_max=1000,
     )
     async with (
         LiveServer(settings) as live,
