@@ -8,6 +8,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.cap.rules import (
+    DEFAULT_ADMIN_GEOCODE_NAMES,
+    DEFAULT_LANGUAGES,
+    DEFAULT_LEVEL_RULES,
+    CapRules,
+    LevelRule,
+)
 from devices.broker import TLS_SCHEME, client_context, is_tls_url_scheme
 from devices.identifiers import is_region_code, is_terminal_id
 from devices.topics import TopicScheme
@@ -92,6 +99,18 @@ class Settings(BaseSettings):
     """broadcasts one account or API key may create a minute (429 beyond)"""
     max_request_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024 * 1024
     """largest request body (uploads: CUNXIANG_MAX_UPLOAD_BYTES)"""
+    cap_max_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    """largest CAP message taken in, checked before it is parsed (embedded audio counts)"""
+    cap_level_rules: Annotated[tuple[LevelRule, ...], Field(min_length=1)] = DEFAULT_LEVEL_RULES
+    """CAP severity/urgency/certainty → emergency level or notice, first matching row wins (docs/cap.md)"""
+    cap_languages: tuple[str, ...] = DEFAULT_LANGUAGES
+    """which CAP info block to broadcast, by language, in order of preference"""
+    cap_geocodes: dict[str, dict[str, list[str]]] = {}
+    """CAP geocode valueName → value → our region codes"""
+    cap_admin_geocode_names: frozenset[str] = DEFAULT_ADMIN_GEOCODE_NAMES
+    """CAP geocode valueNames whose values are administrative division codes, used directly"""
+    cap_default_expires_s: Annotated[int, Field(ge=60)] = 3600
+    """how long a CAP alert without `expires` is broadcast for"""
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -208,6 +227,35 @@ class Settings(BaseSettings):
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("cap_geocodes")
+    @classmethod
+    def _cap_geocodes(cls, value: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        bad = sorted(
+            {
+                c
+                for values in value.values()
+                for codes in values.values()
+                for c in codes
+                if not is_region_code(c)
+            }
+        )
+        if bad:
+            raise ValueError(f"maps to codes that are not region codes: {', '.join(bad)}")
+        return value
+
+    @property
+    def cap_rules(self) -> CapRules:
+        """The CAP tables, for controller.cap's mapping."""
+        return CapRules(
+            county_region=self.county_region,
+            level_rules=self.cap_level_rules,
+            languages=self.cap_languages,
+            admin_geocode_names=self.cap_admin_geocode_names,
+            geocodes=self.cap_geocodes,
+            default_expires_s=self.cap_default_expires_s,
+            max_expires_s=self.max_expires_in_s,
+        )
 
     @property
     def topics(self) -> TopicScheme:

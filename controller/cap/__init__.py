@@ -1,0 +1,48 @@
+"""CAP 1.2 in: parse safely, validate against the OASIS schema, map to a broadcast decision.
+
+    parse.py     bytes → a schema-valid `alert` element (size, DOCTYPE, namespace, XSD)
+    model.py     element → CapAlert (the spec's rules the schema cannot express)
+    rules.py     the operator's tables: levels, languages, geocodes, expiry
+    geometry.py  polygons and circles → terminals
+    mapping.py   CapAlert → CapDecision (broadcast, update, cancel, store_only, rejected)
+
+Errors: CapRejected (a ValueError with `reason`) inside; `ingest_cap` turns it into a decision.
+"""
+
+from controller.cap.geometry import TerminalPosition
+from controller.cap.mapping import (
+    CapAudio,
+    CapBroadcast,
+    CapCancel,
+    CapDecision,
+    CapOutcome,
+    CapRejection,
+    CapStoreOnly,
+    CapUpdate,
+    decide,
+    ingest_cap,
+)
+from controller.cap.model import CapAlert, CapReference, read_alert
+from controller.cap.parse import CapRejected, parse_cap
+from controller.cap.rules import CapRules, LevelRule
+
+__all__ = [
+    "CapAlert",
+    "CapAudio",
+    "CapBroadcast",
+    "CapCancel",
+    "CapDecision",
+    "CapOutcome",
+    "CapReference",
+    "CapRejected",
+    "CapRejection",
+    "CapRules",
+    "CapStoreOnly",
+    "CapUpdate",
+    "LevelRule",
+    "TerminalPosition",
+    "decide",
+    "ingest_cap",
+    "parse_cap",
+    "read_alert",
+]
