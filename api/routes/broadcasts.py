@@ -19,15 +19,15 @@ from api.auth import (
     sees,
 )
 from api.deps import ControllerDep, SessionDep, read
+from api.routes.groups import target_regions
 from controller.accounts import Principal, Role
 from controller.approvals import needs_approval
 from controller.broadcasts import BroadcastNotFound, BroadcastRequest, resolve_target
 from controller.confirmation import Summary, needs_confirmation, summarise
 from controller.corrections import correction_request
-from controller.models import NEVER_SENT, Broadcast, BroadcastState, TerminalGroup
+from controller.models import NEVER_SENT, Broadcast, BroadcastState
 from controller.reports import BroadcastReport, broadcast_report
 from controller.service import Controller
-from controller.terminals import terminal_regions
 from devices.messages import now_utc
 
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"], responses=AUTH_RESPONSES)
@@ -111,19 +111,15 @@ def _accepted(broadcast: Broadcast) -> BroadcastAccepted:
     )
 
 
-def _target_regions(session: Session, request: BroadcastRequest) -> list[str]:
-    """Every region the target reaches: those named, its groups', and its single terminals'."""
-    groups = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(request.groups))).all()
-    terminals = sorted(set(request.terminals).union(*(group.terminals for group in groups)))
-    named = [code for group in groups for code in group.regions]
-    return [*request.regions, *named, *terminal_regions(session, terminals).values()]
-
-
 async def _authorised(who: Principal, controller: Controller, request: BroadcastRequest) -> BroadcastRequest:
     """The request as `who` may send it: issued for their region unless they name one within it."""
     issuer = request.issuer_region or who.region
     ensure_covers(who, issuer, "the issuing region")
-    ensure_covers(who, await read(controller, lambda s: _target_regions(s, request)), "the target")
+    reached = await read(
+        controller,
+        lambda s: target_regions(s, list(request.regions), list(request.groups), list(request.terminals)),
+    )
+    ensure_covers(who, reached, "the target")
     return request.model_copy(update={"issuer_region": issuer})
 
 

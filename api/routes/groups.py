@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from api.auth import (
     AUTH_RESPONSES,
@@ -81,6 +81,17 @@ def _regions_of(session: Session, group_id: str, spec: GroupSpec) -> list[str]:
         (existing.regions + list(terminal_regions(session, existing.terminals).values())) if existing else []
     )
     return earlier + list(terminal_regions(session, list(spec.terminals)).values())
+
+
+def target_regions(
+    session: Session, regions: list[str], groups: list[str], terminals: list[str] | None = None
+) -> list[str]:
+    """Every region a target reaches: the regions named, its groups' regions, and the regions of
+    its groups' and its own single terminals."""
+    found = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(groups))).all()
+    singles = sorted(set(terminals or []).union(*(group.terminals for group in found)))
+    named = [code for group in found for code in group.regions]
+    return [*regions, *named, *terminal_regions(session, singles).values()]
 
 
 def group_regions(session: Session, group: TerminalGroup) -> list[str]:

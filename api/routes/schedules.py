@@ -20,9 +20,9 @@ from api.auth import (
     sees,
 )
 from api.deps import ControllerDep, SessionDep, read
-from api.routes.groups import group_regions
+from api.routes.groups import target_regions
 from controller.accounts import Principal
-from controller.models import Schedule, ScheduleRun, TerminalGroup
+from controller.models import Schedule, ScheduleRun
 from controller.schedules import (
     CalendarEntry,
     Conflict,
@@ -104,18 +104,12 @@ def _saved(schedule: Schedule, conflicts: list[Conflict]) -> ScheduleSaved:
     )
 
 
-def _target_regions(session: Session, regions: list[str], groups: list[str]) -> list[str]:
-    """The regions named, and those each group reaches (its regions and its terminals')."""
-    found = session.exec(select(TerminalGroup).where(col(TerminalGroup.id).in_(groups))).all()
-    return list(regions) + [code for group in found for code in group_regions(session, group)]
-
-
 async def _may_keep(
     who: Principal, controller: Controller, spec: ScheduleSpec, schedule_id: str | None
 ) -> list[str]:
     """403 unless the schedule's target (and the one it replaces) lies within `who`'s region;
     returns the new target's regions."""
-    target = await read(controller, lambda s: _target_regions(s, list(spec.regions), list(spec.groups)))
+    target = await read(controller, lambda s: target_regions(s, list(spec.regions), list(spec.groups)))
     ensure_covers(who, target, "the schedule's target")
     if schedule_id is not None:
         existing = await read(
@@ -189,7 +183,7 @@ def schedules(who: Viewer, session: SessionDep) -> list[Schedule]:
 
 
 def schedule_regions(session: Session, schedule: Schedule) -> list[str]:
-    return _target_regions(session, schedule.regions, schedule.groups)
+    return target_regions(session, schedule.regions, schedule.groups)
 
 
 @router.get(
