@@ -21,6 +21,7 @@ from api.routes import (
     auth,
     broadcast_events,
     broadcasts,
+    cap,
     groups,
     media,
     programmes,
@@ -45,6 +46,7 @@ from controller.terminals import TerminalNotFound, TerminalsRejected
 from devices.voices import SpeechFailed
 
 UPLOAD_PATHS = ("/api/v1/programmes/upload", "/api/v1/terminals/import")
+CAP_PATH = "/api/v1/cap"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,13 +71,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         default=settings.max_request_bytes,
-        larger={path: settings.max_upload_bytes + 64 * 1024 for path in UPLOAD_PATHS},
+        larger={
+            **{path: settings.max_upload_bytes + 64 * 1024 for path in UPLOAD_PATHS},
+            # A little over the CAP limit, so a message just over it is refused and kept on record.
+            CAP_PATH: settings.cap_max_bytes + 64 * 1024,
+        },
     )
     app.include_router(auth.router, prefix="/api/v1")
     app.include_router(accounts.router, prefix="/api/v1")
     app.include_router(audit.router, prefix="/api/v1")
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
+    app.include_router(cap.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(telemetry.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, or_
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from controller.delivery import FINAL_STATES, UNCONFIRMED, DeliveryState
 from controller.groups import GroupId
@@ -384,6 +384,28 @@ def updatable(session: Session, broadcast_id: str) -> Broadcast:
         raise BroadcastConflict(
             f"broadcast {broadcast_id} is awaiting approval; cancel it and send the new one instead"
         )
+    return broadcast
+
+
+def created_since(session: Session, by: str, since: datetime) -> int:
+    """How many broadcasts `by` (an account, an API key, a feed) created since then: its rate."""
+    return session.exec(
+        select(func.count())
+        .select_from(Broadcast)
+        .where(Broadcast.created_by == by, col(Broadcast.issued_at) >= since)
+    ).one()
+
+
+def head_of(session: Session, broadcast_id: str) -> Broadcast | None:
+    """The newest of a broadcast's updates (itself if it was never updated)."""
+    broadcast = session.get(Broadcast, broadcast_id)
+    seen: set[str] = set()
+    while broadcast is not None and broadcast.superseded_by is not None and broadcast.id not in seen:
+        seen.add(broadcast.id)
+        newer = session.get(Broadcast, broadcast.superseded_by)
+        if newer is None:
+            break
+        broadcast = newer
     return broadcast
 
 

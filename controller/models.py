@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, LargeBinary, Text, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -341,3 +341,36 @@ class TelemetrySample(SQLModel, table=True):
     battery_pct: int | None = None
     supply: str | None = Field(default=None, max_length=16)
     volume: int | None = None
+
+
+class CapMessage(SQLModel, table=True):
+    """A CAP message as it was received (its exact bytes), with what became of it.
+
+    `key` is `sender` and `identifier` (CAP makes an identifier unique per sender) for every message
+    that was read; unique, so a message is acted on once however many processes or polls see it.
+    A rejected message has no key: sending it again, corrected, is not a duplicate.
+    """
+
+    __tablename__ = "cap_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = _utc_column(index=True)
+    received_by: str = Field(max_length=80, description="the API key, or `feed:<name>` for the poller")
+    region: str = Field(max_length=12, description="the region its receiver may address")
+    origin: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """where the poller found it (a file, a feed entry); none for the API"""
+    sha256: str = Field(max_length=64, index=True)
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    """the message byte for byte; none when it was over the size limit"""
+    size: int
+    key: str | None = Field(default=None, sa_column=Column(Text, nullable=True, unique=True))
+    sender: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    identifier: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    sent: datetime | None = _utc_column(default=None)
+    msg_type: str | None = Field(default=None, max_length=8)
+    status: str | None = Field(default=None, max_length=8)
+    outcome: str = Field(max_length=16, index=True, description="broadcast update cancel store_only rejected")
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    broadcasts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """the broadcasts it made, or for a cancel, those it cancelled"""

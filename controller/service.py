@@ -37,6 +37,7 @@ from controller.broadcasts import (
     updatable,
 )
 from controller.bus import MqttBus
+from controller.cap.intake import CapIntake
 from controller.credentials import mosquitto_hash, new_secret
 from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
@@ -139,6 +140,7 @@ class Controller:
         self.keys = SigningKeys(settings.signing_key_dir)
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
+        self.cap = CapIntake(self)
         self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, self.cancel, clock)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None

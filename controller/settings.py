@@ -12,6 +12,7 @@ from controller.cap.rules import (
     DEFAULT_ADMIN_GEOCODE_NAMES,
     DEFAULT_LANGUAGES,
     DEFAULT_LEVEL_RULES,
+    CapFeed,
     CapRules,
     LevelRule,
 )
@@ -111,6 +112,14 @@ class Settings(BaseSettings):
     """CAP geocode valueNames whose values are administrative division codes, used directly"""
     cap_default_expires_s: Annotated[int, Field(ge=60)] = 3600
     """how long a CAP alert without `expires` is broadcast for"""
+    cap_fetch_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """how long fetching a CAP message's audio, or a feed, may take at each step"""
+    cap_feeds: tuple[CapFeed, ...] = ()
+    """sources the CAP poller reads, JSON: [{"name": "weather", "source": "https://…/cap.atom"}, …]"""
+    cap_feed_interval_s: Annotated[float, Field(ge=5, le=86_400)] = 60.0
+    """how often each CAP feed is read"""
+    cap_feed_max_entries: Annotated[int, Field(ge=1, le=10_000)] = 200
+    """at most this many CAP messages taken from one reading of a feed"""
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -227,6 +236,19 @@ class Settings(BaseSettings):
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("cap_feeds")
+    @classmethod
+    def _cap_feeds(cls, value: tuple[CapFeed, ...], info: ValidationInfo) -> tuple[CapFeed, ...]:
+        names = [feed.name for feed in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two feeds have the same name")
+        county = info.data.get("county_region", "")
+        for feed in value:
+            within = feed.region is None or (is_region_code(feed.region) and feed.region.startswith(county))
+            if not within:
+                raise ValueError(f"feed {feed.name}: region {feed.region} is not a region within {county}")
+        return value
 
     @field_validator("cap_geocodes")
     @classmethod

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from api.auth import (
     AUTH_RESPONSES,
@@ -22,7 +22,7 @@ from api.deps import ControllerDep, SessionDep, read
 from api.routes.groups import target_regions
 from controller.accounts import Principal, Role
 from controller.approvals import needs_approval
-from controller.broadcasts import BroadcastNotFound, BroadcastRequest, resolve_target
+from controller.broadcasts import BroadcastNotFound, BroadcastRequest, created_since, resolve_target
 from controller.confirmation import Summary, needs_confirmation, summarise
 from controller.corrections import correction_request
 from controller.models import NEVER_SENT, Broadcast, BroadcastState
@@ -134,14 +134,7 @@ async def _checked(who: Principal, controller: Controller, request: BroadcastReq
     """Authority, the per-account rate and, for a person's actual emergency, the confirmation."""
     request = await _authorised(who, controller, request)
     since = now_utc() - timedelta(minutes=1)
-    recent = await read(
-        controller,
-        lambda s: s.exec(
-            select(func.count())
-            .select_from(Broadcast)
-            .where(Broadcast.created_by == who.name, col(Broadcast.issued_at) >= since)
-        ).one(),
-    )
+    recent = await read(controller, lambda s: created_since(s, who.name, since))
     limit = controller.settings.broadcasts_per_minute
     if recent >= limit:
         raise HTTPException(

@@ -21,6 +21,7 @@ from controller.cap.mapping import (
     CapUpdate,
     decide,
     ingest_cap,
+    read_cap,
 )
 from controller.cap.model import CapAlert, CapReference, read_alert
 from controller.cap.parse import CapRejected, parse_cap
@@ -45,4 +46,5 @@ __all__ = [
     "ingest_cap",
     "parse_cap",
     "read_alert",
+    "read_cap",
 ]

@@ -117,13 +117,20 @@ def ingest_cap(
     now: datetime,
 ) -> CapOutcome:
     """Parse, validate and map one CAP message; never raises for bad input."""
-    try:
-        alert = read_alert(parse_cap(data, max_bytes))
-    except CapRejected as exc:
-        return CapOutcome(alert=None, decision=CapRejection(reason=exc.reason))
+    alert = read_cap(data, max_bytes)
+    if isinstance(alert, CapRejection):
+        return CapOutcome(alert=None, decision=alert)
     return CapOutcome(
         alert=alert, decision=decide(alert, rules=rules, terminals=terminals, known=known, now=now)
     )
+
+
+def read_cap(data: bytes, max_bytes: int) -> CapAlert | CapRejection:
+    """The alert in a CAP message, or why there is none; never raises for bad input."""
+    try:
+        return read_alert(parse_cap(data, max_bytes))
+    except CapRejected as exc:
+        return CapRejection(reason=exc.reason)
 
 
 def decide(

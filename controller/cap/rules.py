@@ -58,6 +58,7 @@ DEFAULT_LEVEL_RULES: tuple[LevelRule, ...] = (
 )
 
 DEFAULT_LANGUAGES = ("zh-CN", "zh", "en")
+FEED_NAME = r"^[A-Za-z0-9_.-]{1,40}$"
 DEFAULT_ADMIN_GEOCODE_NAMES = frozenset({"China-admin", "GB/T 2260", "行政区划代码"})
 
 
@@ -144,3 +145,17 @@ def choose_language(infos: Sequence[Info], languages: Sequence[str]) -> str | No
             if lowered == wanted or ("-" not in wanted and lowered.startswith(wanted + "-")):
                 return tag
     return tags[0] if tags else None
+
+
+class CapFeed(BaseModel):
+    """A source the poller reads: a directory of CAP files, one file, or an Atom/RSS feed by URL.
+
+    Its alerts are received as `feed:<name>`, an operator over `region` (default: the county), so
+    they meet the same authority and two-person rules as an API key's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(pattern=FEED_NAME)]
+    source: Annotated[str, Field(min_length=1, max_length=2000)]
+    region: str | None = None
