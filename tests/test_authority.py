@@ -39,6 +39,7 @@ from controller.models import Account
 from controller.tokens import issue_refresh_token
 from devices.messages import Heartbeat, Speaker, encode, now_utc
 from tests.builders import tone
+from tests.cap_builders import area_xml, cap_xml, info_xml
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually, http_client, specs_in
 
@@ -90,6 +91,8 @@ class Rule:
     """the object was made by someone else (the seeding administrator): changing it needs this role"""
     accounts_only: bool = False
     """only an account may (an API key has no password)"""
+    keys_only: bool = False
+    """only an API key may (a warning system; people use the console)"""
 
 
 PUBLIC = Rule(None)
@@ -133,6 +136,8 @@ def expected(case: Case, caller: Caller) -> int:
     if not caller.role.at_least(rule.least):
         return 403
     if rule.accounts_only and caller.kind != "account":
+        return 403
+    if rule.keys_only and caller.kind != "api_key":
         return 403
     if rule.region is not None and not (
         caller.covers(rule.region) or (rule.reach and caller.region.startswith(rule.region))
@@ -291,6 +296,11 @@ async def _seed(world: World) -> None:
         )
         ids[f"key_{place}"] = f"key-{place}"
         await world.live.api_key(f"key-{place}", Role.VIEWER, region)
+    station = await world.live.api_key("station-a", Role.OPERATOR, A)
+    received = await world.seed(
+        "POST", "/api/v1/cap", 201, content=cap_notice(world), headers={"X-API-Key": station}
+    )
+    ids["cap_a"] = str(received["message_id"])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -522,6 +532,24 @@ async def upload(world: World, _caller: Caller) -> Call:
     )
 
 
+def cap_notice(world: World) -> bytes:
+    """A CAP notice for the whole county, which each key's region clips to its own."""
+    soon = (now_utc() + timedelta(hours=1)).isoformat(timespec="seconds")
+    info = info_xml(
+        urgency="Future",
+        severity="Minor",
+        expires=soon,
+        areas=(area_xml(geocodes=(("China-admin", COUNTY),)),),
+    )
+    return cap_xml(info, identifier=world.fresh("XN-auth"), sent=now_utc().isoformat(timespec="seconds"))
+
+
+async def post_cap(world: World, _caller: Caller) -> Call:
+    return Call(
+        "/api/v1/cap", {"content": cap_notice(world), "headers": {"Content-Type": "application/cap+xml"}}
+    )
+
+
 async def credentials(world: World, _caller: Caller) -> Call:
     return Call(f"/api/v1/terminals/{await fresh_terminal(world)}/credentials")
 
@@ -723,6 +751,22 @@ CASES: list[Case] = [
     Case("POST", "/api/v1/programmes/upload", Rule(OPERATOR), upload, 201),
     Case("GET", "/api/v1/programmes", Rule(VIEWER), at("/api/v1/programmes")),
     Case("GET", "/api/v1/programmes/{programme_id}", Rule(VIEWER), at("/api/v1/programmes/{programme}")),
+    # CAP: warning systems (API keys) post alerts, clipped to the key's region; anyone over the
+    # region a message was received for, or within it, may read its record.
+    Case("POST", "/api/v1/cap", Rule(OPERATOR, keys_only=True), post_cap, 201),
+    Case("GET", "/api/v1/cap/messages", Rule(VIEWER), at("/api/v1/cap/messages")),
+    Case(
+        "GET",
+        "/api/v1/cap/messages/{message_id}",
+        Rule(VIEWER, A, reach=True),
+        at("/api/v1/cap/messages/{cap_a}"),
+    ),
+    Case(
+        "GET",
+        "/api/v1/cap/messages/{message_id}/raw",
+        Rule(VIEWER, A, reach=True),
+        at("/api/v1/cap/messages/{cap_a}/raw"),
+    ),
     # Regions.
     Case(
         "GET",

@@ -43,7 +43,13 @@ T = TypeVar("T")
 # only ever meets 404 (test_update.py downloads real ones).
 EXCLUDED = {("GET", "/api/v1/broadcasts/{broadcast_id}/events"), ("GET", "/media/{name}")}
 # Answers that are not JSON, so have no schema to name.
-STREAMS = {("GET", "/api/v1/broadcasts/{broadcast_id}/events"), ("GET", "/media/{name}"), ("GET", "/metrics")}
+# Answers that are not JSON: event streams, audio, Prometheus text, CAP XML.
+STREAMS = {
+    ("GET", "/api/v1/broadcasts/{broadcast_id}/events"),
+    ("GET", "/media/{name}"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/cap/messages/{message_id}/raw"),
+}
 # Routes anyone may call: signing in, the terminals' downloads, monitoring.
 PUBLIC = {
     ("POST", "/api/v1/auth/token"),
@@ -53,7 +59,12 @@ PUBLIC = {
     ("GET", "/metrics"),
 }
 DOCS_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-ERROR_SCHEMAS = {"#/components/schemas/Problem", "#/components/schemas/HTTPValidationError"}
+# CapProblem is a Problem that also names the record kept of the refused CAP message.
+ERROR_SCHEMAS = {
+    "#/components/schemas/Problem",
+    "#/components/schemas/CapProblem",
+    "#/components/schemas/HTTPValidationError",
+}
 VILLAGES = ["421202100001", "421202100004", "421202101001"]
 TOWNSHIP = VILLAGES[0][:9]
 

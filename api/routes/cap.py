@@ -54,6 +54,7 @@ class CapMessagePublic(BaseModel):
 
 
 _REFUSED: Responses = {
+    400: {"model": Problem, "description": "the body is empty: there is no message to keep"},
     409: {"model": CapProblem, "description": "the sender already used this identifier for another message"},
     413: {"model": CapProblem, "description": "the message is over CUNXIANG_CAP_MAX_BYTES"},
     422: {"model": CapProblem, "description": "not a valid CAP 1.2 message we can act on (the reason)"},
@@ -86,7 +87,10 @@ async def receive_cap(request: Request, who: Operator, controller: ControllerDep
     kept only (a draft, a test of the system, not for this county…). 200: the same message again.
     Every message is kept with its outcome (`GET /api/v1/cap/messages`), refused ones too."""
     _machine(who)
-    receipt = await controller.cap.receive(await request.body(), who)
+    data = await request.body()
+    if not data:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the body is empty: send one CAP <alert> document")
+    receipt = await controller.cap.receive(data, who)
     content = receipt.model_dump(mode="json")
     if receipt.outcome == "rejected" and not receipt.duplicate:
         code = _REFUSAL_STATUS.get(receipt.refusal or "", 422)
