@@ -5,10 +5,12 @@
     rules.py     the operator's tables: levels, languages, geocodes, expiry
     geometry.py  polygons and circles → terminals
     mapping.py   CapAlert → CapDecision (broadcast, update, cancel, store_only, rejected)
+    feeds.py     a directory, a file or an Atom/RSS feed → FeedItems (a message's bytes, or why not)
 
 Errors: CapRejected (a ValueError with `reason`) inside; `ingest_cap` turns it into a decision.
 """
 
+from controller.cap.feeds import FeedItem, read_source
 from controller.cap.geometry import TerminalPosition
 from controller.cap.mapping import (
     CapAudio,
@@ -40,6 +42,7 @@ __all__ = [
     "CapRules",
     "CapStoreOnly",
     "CapUpdate",
+    "FeedItem",
     "LevelRule",
     "TerminalPosition",
     "decide",
@@ -47,4 +50,5 @@ __all__ = [
     "parse_cap",
     "read_alert",
     "read_cap",
+    "read_source",
 ]

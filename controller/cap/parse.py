@@ -2,6 +2,7 @@
 
 The parser resolves no entities, loads no DTD and touches no network, and any DOCTYPE is refused
 outright: CAP never needs one, and a DOCTYPE is how entity expansion and external fetches get in.
+`parse_xml_safely` is that step alone, for the other XML we read (the feeds of feeds.py).
 The schema is the OASIS `cap12.xsd`, shipped with the package (controller/data/cap12.xsd.SOURCE.md);
 it imports nothing, and its one wildcard (the XML signature) is `lax`, so validation loads nothing.
 """
@@ -17,7 +18,6 @@ _OLDER_NAMESPACES = {
     "urn:oasis:names:tc:emergency:cap:1.1": "1.1",
     "http://www.incident.com/cap/1.0": "1.0",
 }
-_NO_DOCTYPE = "a DOCTYPE is not allowed in a CAP message (no DTDs, no entities)"
 _FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
 _NAMESPACE_IN_MESSAGE = re.compile(r"\{" + re.escape(CAP12_NAMESPACE) + r"\}")
 
@@ -48,6 +48,29 @@ def cap12_schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.fromstring(source, _safe_parser()))
 
 
+def parse_xml_safely(data: bytes, what: str, base_url: str | None = None) -> etree._Element:
+    """The root element of well-formed XML without a DOCTYPE; raises CapRejected.
+
+    `what` names the document in the reason (`a DOCTYPE is not allowed in {what} …`). `base_url`
+    is where the document came from, so that `element.base` resolves relative links (and
+    `xml:base`); nothing is loaded from it. The caller checks the size first.
+    """
+    no_doctype = f"a DOCTYPE is not allowed in {what} (no DTDs, no entities)"
+    first_element = _FIRST_ELEMENT.search(data)
+    # Refused before parsing too, so an entity bomb gets this reason rather than libxml2's alarm;
+    # the check after parsing catches a DOCTYPE in an encoding this byte search cannot read.
+    if b"<!DOCTYPE" in data[: first_element.start() if first_element else len(data)]:
+        raise CapRejected(no_doctype)
+    try:
+        root = etree.fromstring(data, _safe_parser(), base_url=base_url)
+    except etree.XMLSyntaxError as exc:
+        raise CapRejected(f"not well-formed XML: {exc}") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise CapRejected(no_doctype)
+    return root
+
+
 def parse_cap(data: bytes, max_bytes: int) -> etree._Element:
     """The validated `alert` element of a CAP 1.2 message; raises CapRejected.
 
@@ -58,18 +81,7 @@ def parse_cap(data: bytes, max_bytes: int) -> etree._Element:
         raise CapRejected(f"the message is {len(data)} bytes; the limit is {max_bytes}")
     if not data.strip():
         raise CapRejected("the message is empty")
-    first_element = _FIRST_ELEMENT.search(data)
-    # Refused before parsing too, so an entity bomb gets this reason rather than libxml2's alarm;
-    # the check after parsing catches a DOCTYPE in an encoding this byte search cannot read.
-    if b"<!DOCTYPE" in data[: first_element.start() if first_element else len(data)]:
-        raise CapRejected(_NO_DOCTYPE)
-    try:
-        root = etree.fromstring(data, _safe_parser())
-    except etree.XMLSyntaxError as exc:
-        raise CapRejected(f"not well-formed XML: {exc}") from None
-    docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        raise CapRejected(_NO_DOCTYPE)
+    root = parse_xml_safely(data, "a CAP message")
     name = etree.QName(root)
     if name.namespace in _OLDER_NAMESPACES:
         version = _OLDER_NAMESPACES[name.namespace]
