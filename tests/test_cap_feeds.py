@@ -19,7 +19,8 @@ import pytest
 from pydantic import ValidationError
 
 from controller.cap import parse_cap, read_alert
-from controller.cap.feeds import MAX_REDIRECTS, FeedItem, read_source
+from controller.cap.feeds import FeedItem, read_source
+from controller.cap.fetch import MAX_REDIRECTS
 
 CORPUS = Path(__file__).parent / "data" / "cap"
 ATOM = "http://www.w3.org/2005/Atom"

@@ -57,15 +57,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from controller.cap.fetch import FetchFailed, fetch_limited, is_http, join
 from controller.cap.parse import CapRejected, parse_xml_safely
 
-MAX_REDIRECTS = 5
 PARALLEL_FETCHES = 4
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _CAP_NAMESPACE_PREFIX = "urn:oasis:names:tc:emergency:cap:"
@@ -101,7 +101,7 @@ async def read_source(
     source: str, *, client: httpx.AsyncClient, max_bytes: int, max_entries: int
 ) -> list[FeedItem]:
     """The CAP messages of `source` (a directory, a file or an http(s) URL); never raises for bad input."""
-    if _is_http(source):
+    if is_http(source):
         fetched, answered_at = await _fetch(client, source, _FEED_ACCEPT, max_bytes)
         if fetched.data is None:
             return [fetched]
@@ -168,38 +168,11 @@ def _left_out(origin: str, count: int, what: str, max_entries: int) -> FeedItem:
 
 async def _fetch(client: httpx.AsyncClient, url: str, accept: str, max_bytes: int) -> tuple[FeedItem, str]:
     """The body at `url` (or why not), and the URL that answered after any redirects."""
-    current = url
-    for _ in range(MAX_REDIRECTS + 1):
-        try:
-            async with client.stream(
-                "GET", current, headers={"Accept": accept}, follow_redirects=False
-            ) as response:
-                if response.is_redirect:
-                    target = _join(current, response.headers["Location"])
-                    if not _is_http(target):
-                        return _failure(
-                            url, f"fetching {current}: redirected to {target}, which is not an http(s) URL"
-                        ), current
-                    current = target
-                    continue
-                if not response.is_success:
-                    return _failure(url, f"fetching {current}: HTTP {response.status_code}"), current
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > max_bytes:
-                        return _failure(
-                            url, f"fetching {current}: the response is over the limit of {max_bytes} bytes"
-                        ), current
-                return FeedItem(origin=url, data=bytes(body)), current
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return _failure(url, f"fetching {current}: {_describe(exc)}"), current
-    return _failure(url, f"fetching {url}: more than {MAX_REDIRECTS} redirects"), current
-
-
-def _describe(exc: Exception) -> str:
-    # A timeout's message is often empty; its class says what happened.
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        data, answered_at = await fetch_limited(client, url, max_bytes, accept)
+    except FetchFailed as exc:
+        return _failure(url, exc.reason), url
+    return FeedItem(origin=url, data=data), answered_at
 
 
 async def _read_document(
@@ -295,7 +268,7 @@ def _rss_item(item: etree._Element, feed: str, number: int) -> FeedItem | str:
     link_text = _text(link_element)
     link = _resolve(link_element, link_text) if link_element is not None and link_text else None
     guid = _text(item.find("guid"))
-    guid_url = guid if guid and _is_http(guid) else None
+    guid_url = guid if guid and is_http(guid) else None
     origin = f"{feed}#{guid or link or f'item-{number}'}"
     enclosures = [
         (enclosure.get("type", "").lower(), _resolve(enclosure, enclosure.get("url", "")))
@@ -314,32 +287,18 @@ def _rss_item(item: etree._Element, feed: str, number: int) -> FeedItem | str:
 def _link(origin: str, url: str | None) -> FeedItem | str:
     if url is None:
         return _failure(origin, "the entry links to no CAP message")
-    if not _is_http(url):
+    if not is_http(url):
         return _failure(origin, f"the entry links to {url}, which is not an http(s) URL")
     return url
 
 
 def _resolve(element: etree._Element, href: str) -> str:
     """`href` made absolute against the feed's address and any `xml:base` around it."""
-    return _join(element.base or "", href.strip())
+    return join(element.base or "", href.strip())
 
 
 # URLs come from the feed's author: one urllib cannot split (`http://[oops/`) is left as it is,
 # and so is no http(s) URL, rather than an exception.
-def _join(base: str, href: str) -> str:
-    try:
-        return urljoin(base, href)
-    except ValueError:
-        return href
-
-
-def _is_http(url: str) -> bool:
-    try:
-        return urlsplit(url).scheme.lower() in ("http", "https")
-    except ValueError:
-        return False
-
-
 def _names_a_file(url: str) -> bool:
     try:
         return urlsplit(url).path.lower().endswith(_SUFFIXES)

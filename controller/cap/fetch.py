@@ -1,13 +1,16 @@
 """Fetching what a CAP message or feed points at, within limits.
 
-Only http and https; at most a few redirects, each to http(s) again (httpx follows nothing else);
-the body is read as it streams and given up past `max_bytes`, so a hostile or broken server costs a
-bounded amount of memory and, with the client's timeout, of time.
+Only http and https, at the start and after every redirect (redirects are followed here, at most
+`MAX_REDIRECTS`, so each target's scheme is checked); the body is read as it streams and given up
+once past `max_bytes`, so a hostile or broken server costs a bounded amount of memory and, with
+the client's timeout, of time.
 """
+
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-MAX_REDIRECTS = 3
+MAX_REDIRECTS = 5
 
 
 class FetchFailed(Exception):
@@ -19,37 +22,61 @@ class FetchFailed(Exception):
 
 
 def new_client(timeout_s: float) -> httpx.AsyncClient:
-    """A client for fetching: the timeout on every step, redirects followed within the limit."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        follow_redirects=True,
-        max_redirects=MAX_REDIRECTS,
-        headers={"User-Agent": "cunxiang-cap/1"},
-    )
+    """A client for fetching, with the timeout on every step (connect, each read)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), headers={"User-Agent": "cunxiang-cap/1"})
 
 
-async def fetch_limited(client: httpx.AsyncClient, url: str, max_bytes: int) -> bytes:
-    """The body at `url`, at most `max_bytes` long; raises FetchFailed with the reason."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise FetchFailed(f"{url[:200]}: only http and https are fetched")
+def is_http(url: str) -> bool:
     try:
-        async with client.stream("GET", url) as response:
-            if not response.is_success:
-                raise FetchFailed(f"fetching {url}: HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise FetchFailed(f"fetching {url}: it is {declared} bytes; the limit is {max_bytes}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise FetchFailed(f"fetching {url}: over the limit of {max_bytes} bytes")
-            return bytes(body)
-    except httpx.TooManyRedirects:
-        raise FetchFailed(f"fetching {url}: more than {MAX_REDIRECTS} redirects") from None
-    except httpx.UnsupportedProtocol as exc:
-        raise FetchFailed(f"fetching {url}: redirected to a scheme other than http(s): {exc}") from None
-    except httpx.TimeoutException:
-        raise FetchFailed(f"fetching {url}: no answer in time") from None
-    except httpx.HTTPError as exc:
-        raise FetchFailed(f"fetching {url}: {type(exc).__name__}: {exc}") from None
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def join(base: str, href: str) -> str:
+    try:
+        return urljoin(base, href.strip())
+    except ValueError:
+        return href
+
+
+async def fetch_limited(
+    client: httpx.AsyncClient, url: str, max_bytes: int, accept: str = "*/*"
+) -> tuple[bytes, str]:
+    """The body at `url`, at most `max_bytes`, and the URL that answered after any redirects;
+    raises FetchFailed with the reason."""
+    if not is_http(url):
+        raise FetchFailed(f"{url[:200]}: only http and https are fetched")
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            async with client.stream(
+                "GET", current, headers={"Accept": accept}, follow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    target = join(current, response.headers["Location"])
+                    if not is_http(target):
+                        raise FetchFailed(
+                            f"fetching {current}: redirected to {target}, which is not an http(s) URL"
+                        )
+                    current = target
+                    continue
+                if not response.is_success:
+                    raise FetchFailed(f"fetching {current}: HTTP {response.status_code}")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise FetchFailed(
+                            f"fetching {current}: the response is over the limit of {max_bytes} bytes"
+                        )
+                return bytes(body), current
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise FetchFailed(f"fetching {current}: {_describe(exc)}") from None
+    raise FetchFailed(f"fetching {url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _describe(exc: Exception) -> str:
+    # A timeout's message is often empty; its class says what happened.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

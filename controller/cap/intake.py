@@ -254,7 +254,7 @@ class CapIntake:
             assert audio.uri is not None
             try:
                 async with new_client(self.settings.cap_fetch_timeout_s) as client:
-                    data = await fetch_limited(client, audio.uri, limit)
+                    data, _answered_at = await fetch_limited(client, audio.uri, limit, "audio/*")
             except FetchFailed as exc:
                 return None, exc.reason
         try:
