@@ -85,6 +85,12 @@ class Metrics:
             ["field"],
             registry=r,
         )
+        self.cap_messages = Counter(
+            "cunxiang_cap_messages_total",
+            "CAP messages received, by what became of them (duplicates: seen before, nothing done)",
+            ["outcome"],
+            registry=r,
+        )
         self.terminals_by_presence = Gauge(
             "cunxiang_terminals", "Registered terminals, by presence", ["presence"], registry=r
         )

@@ -38,6 +38,7 @@ from controller.broadcasts import (
 )
 from controller.bus import MqttBus
 from controller.cap.intake import CapIntake
+from controller.cap.poller import CapPoller
 from controller.credentials import mosquitto_hash, new_secret
 from controller.db import init_schema, make_engine
 from controller.delivery import DeliveryState
@@ -141,6 +142,7 @@ class Controller:
         self.media = MediaStore(settings.media_dir)
         self.speech = SpeechEngine(self.media, settings.tts_command)
         self.cap = CapIntake(self)
+        self.cap_poller = CapPoller(self.cap, settings)
         self.scheduler = Scheduler(self.writer, self._play_scheduled, self.release, self.cancel, clock)
         self.broker: EmbeddedBroker | None = None
         self.bus: MqttBus | None = None
@@ -190,6 +192,8 @@ class Controller:
         self._run("sweep", self._sweep())
         self.accepting = True
         self._run("scheduler", self.scheduler.run())
+        if self.settings.cap_feeds:
+            self._run("cap-feeds", self.cap_poller.run())
         log.info("text to speech: %s", self.speech.describe())
         if self.settings.public_url is None and self.settings.http_host in ("0.0.0.0", "::"):
             log.warning(

@@ -44,6 +44,7 @@ def flood(
     resources: tuple[str, ...] = (),
     status: str = "Actual",
     sender: str = SENDER,
+    sent: str | None = None,
 ) -> bytes:
     """A heavy-rain alert for 马桥镇's two test villages, expiring in an hour."""
     info = info_xml(
@@ -59,7 +60,7 @@ def flood(
         info,
         identifier=identifier,
         sender=sender,
-        sent=cap_time(),
+        sent=sent or cap_time(),
         msg_type=msg_type,
         status=status,
         references=" ".join(references) or None,

@@ -120,6 +120,26 @@ class CapIntake:
         and again, would otherwise add a rejection at every poll).
         Raises NotAccepting while the controller stops: nothing is stored, so it can be sent again.
         """
+        receipt = await self._receive(data, by, origin, again)
+        self.controller.metrics.cap_messages.labels(
+            "duplicate" if receipt.duplicate else receipt.outcome
+        ).inc()
+        return receipt
+
+    async def seen(self, digests: list[str]) -> set[str]:
+        """Which of these SHA-256 digests are of messages received before, whatever their outcome."""
+        if not digests:
+            return set()
+        query = select(CapMessage.sha256).where(col(CapMessage.sha256).in_(digests))
+        return set(await self._read(lambda s: s.exec(query).all()))
+
+    async def refuse(self, by: Principal, origin: str, reason: str) -> CapReceipt:
+        """Record a message that could not be had at all (a feed entry that failed to download)."""
+        receipt = await self._store(b"", by, origin, None, _Record("rejected", reason))
+        self.controller.metrics.cap_messages.labels("rejected").inc()
+        return receipt
+
+    async def _receive(self, data: bytes, by: Principal, origin: str | None, again: bool) -> CapReceipt:
         sha256 = hashlib.sha256(data).hexdigest()
         earlier = await self._read(lambda s: _earlier(s, sha256, include_rejected=not again))
         if earlier is not None:
@@ -308,7 +328,7 @@ def _add(
         region=by.region,
         origin=origin,
         sha256=hashlib.sha256(data).hexdigest(),
-        raw=data if len(data) <= max_bytes else None,
+        raw=data if data and len(data) <= max_bytes else None,
         size=len(data),
         key=key,
         sender=alert.sender if alert else None,
