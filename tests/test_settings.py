@@ -125,3 +125,31 @@ def test_a_ca_file_with_a_plain_mqtt_url_is_refused(monkeypatch: pytest.MonkeyPa
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert "CUNXIANG_MQTT_URL is not mqtts://" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("feeds", "why"),
+    [
+        ('[{"name": "w", "source": "/a"}, {"name": "w", "source": "/b"}]', "two feeds have the same name"),
+        (
+            '[{"name": "w", "source": "/a", "region": "421203"}]',
+            "feed w: region 421203 is not a region within",
+        ),
+        ('[{"name": "w x", "source": "/a"}]', "String should match pattern"),
+        ('[{"name": "w", "url": "/a"}]', "Field required"),
+    ],
+)
+def test_a_bad_cap_feed_is_refused_saying_why(monkeypatch: pytest.MonkeyPatch, feeds: str, why: str) -> None:
+    monkeypatch.setenv("CUNXIANG_CAP_FEEDS", feeds)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "invalid setting CUNXIANG_CAP_FEEDS" in str(raised.value) and why in str(raised.value)
+
+
+def test_cap_feeds_are_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "CUNXIANG_CAP_FEEDS",
+        '[{"name": "weather", "source": "https://x.example/cap.atom", "region": "421202104"}]',
+    )
+    (feed,) = load_settings().cap_feeds
+    assert (feed.name, feed.source, feed.region) == ("weather", "https://x.example/cap.atom", "421202104")
