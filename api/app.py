@@ -21,6 +21,7 @@ from api.routes import (
     auth,
     broadcast_events,
     broadcasts,
+    cap_export,
     groups,
     media,
     programmes,
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit.router, prefix="/api/v1")
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
+    app.include_router(cap_export.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(telemetry.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")

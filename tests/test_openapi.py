@@ -43,7 +43,13 @@ T = TypeVar("T")
 # only ever meets 404 (test_update.py downloads real ones).
 EXCLUDED = {("GET", "/api/v1/broadcasts/{broadcast_id}/events"), ("GET", "/media/{name}")}
 # Answers that are not JSON, so have no schema to name.
-STREAMS = {("GET", "/api/v1/broadcasts/{broadcast_id}/events"), ("GET", "/media/{name}"), ("GET", "/metrics")}
+STREAMS = {
+    ("GET", "/api/v1/broadcasts/{broadcast_id}/events"),
+    ("GET", "/media/{name}"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/broadcasts/{broadcast_id}/cap"),
+    ("GET", "/api/v1/cap/feed"),
+}
 # Routes anyone may call: signing in, the terminals' downloads, monitoring.
 PUBLIC = {
     ("POST", "/api/v1/auth/token"),

@@ -1,10 +1,13 @@
-"""CAP 1.2 in: parse safely, validate against the OASIS schema, map to a broadcast decision.
+"""CAP 1.2 in: parse safely, validate against the OASIS schema, map to a broadcast decision;
+and out: our broadcasts as CAP, and an Atom feed of them.
 
     parse.py     bytes → a schema-valid `alert` element (size, DOCTYPE, namespace, XSD)
     model.py     element → CapAlert (the spec's rules the schema cannot express)
     rules.py     the operator's tables: levels, languages, geocodes, expiry
     geometry.py  polygons and circles → terminals
     mapping.py   CapAlert → CapDecision (broadcast, update, cancel, store_only, rejected)
+    export.py    a stored broadcast → an `alert` element our own mapping reads back as it
+    feed.py      exported alerts → an Atom 1.0 feed, each alert embedded in its entry
 
 Errors: CapRejected (a ValueError with `reason`) inside; `ingest_cap` turns it into a decision.
 """
