@@ -22,6 +22,7 @@ from api.routes import (
     broadcast_events,
     broadcasts,
     cap,
+    cap_export,
     groups,
     media,
     programmes,
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(broadcasts.router, prefix="/api/v1")
     app.include_router(broadcast_events.router, prefix="/api/v1")
     app.include_router(cap.router, prefix="/api/v1")
+    app.include_router(cap_export.router, prefix="/api/v1")
     app.include_router(terminals.router, prefix="/api/v1")
     app.include_router(telemetry.router, prefix="/api/v1")
     app.include_router(groups.router, prefix="/api/v1")

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.cap.model import is_cap_token
 from controller.cap.rules import (
     DEFAULT_ADMIN_GEOCODE_NAMES,
     DEFAULT_LANGUAGES,
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
     """how often each CAP feed is read"""
     cap_feed_max_entries: Annotated[int, Field(ge=1, le=10_000)] = 200
     """at most this many CAP messages taken from one reading of a feed"""
+    cap_sender: str = Field(default="", validate_default=True)
+    """our CAP `sender`, in every message we export; default `cunxiang-<county region>`"""
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -266,6 +269,17 @@ class Settings(BaseSettings):
             raise ValueError(f"maps to codes that are not region codes: {', '.join(bad)}")
         return value
 
+    @field_validator("cap_sender")
+    @classmethod
+    def _cap_sender(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            # A bad county region has its own error; this one would only repeat it.
+            county = info.data.get("county_region")
+            return f"cunxiang-{county}" if county else value
+        if not is_cap_token(value):
+            raise ValueError("must be one word without spaces, commas, '<' or '&' (CAP's rule for a sender)")
+        return value
+
     @property
     def cap_rules(self) -> CapRules:
         """The CAP tables, for controller.cap's mapping."""
@@ -288,10 +302,15 @@ class Settings(BaseSettings):
         return self.mqtt_url is None
 
     @property
+    def base_url(self) -> str:
+        """The controller's address as others reach it: CUNXIANG_PUBLIC_URL, else http://HOST:PORT."""
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return self.public_url or f"http://{host}:{self.http_port}"
+
+    @property
     def media_url(self) -> str:
         """Where terminals download media from: `<public URL>/media`."""
-        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
-        return f"{self.public_url or f'http://{host}:{self.http_port}'}/media"
+        return f"{self.base_url}/media"
 
 
 def _only_over_tls(info: ValidationInfo) -> None:

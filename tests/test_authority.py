@@ -649,6 +649,14 @@ CASES: list[Case] = [
         at("/api/v1/broadcasts/{broadcast_a}/events"),
         stream=True,
     ),
+    # Broadcasts as CAP: to whoever may follow the broadcast; the feed holds those that concern them.
+    Case(
+        "GET",
+        "/api/v1/broadcasts/{broadcast_id}/cap",
+        Rule(VIEWER, A, reach=True),
+        at("/api/v1/broadcasts/{broadcast_a}/cap"),
+    ),
+    Case("GET", "/api/v1/cap/feed", Rule(VIEWER), at("/api/v1/cap/feed")),
     # Terminals: administrators register and retire them within their region; viewers see them.
     Case("GET", "/api/v1/terminals", Rule(VIEWER, A), at("/api/v1/terminals", params={"region": A})),
     Case("POST", "/api/v1/terminals", Rule(ADMIN, VA), register_terminal),

@@ -43,12 +43,13 @@ T = TypeVar("T")
 # only ever meets 404 (test_update.py downloads real ones).
 EXCLUDED = {("GET", "/api/v1/broadcasts/{broadcast_id}/events"), ("GET", "/media/{name}")}
 # Answers that are not JSON, so have no schema to name.
-# Answers that are not JSON: event streams, audio, Prometheus text, CAP XML.
 STREAMS = {
     ("GET", "/api/v1/broadcasts/{broadcast_id}/events"),
     ("GET", "/media/{name}"),
     ("GET", "/metrics"),
     ("GET", "/api/v1/cap/messages/{message_id}/raw"),
+    ("GET", "/api/v1/broadcasts/{broadcast_id}/cap"),
+    ("GET", "/api/v1/cap/feed"),
 }
 # Routes anyone may call: signing in, the terminals' downloads, monitoring.
 PUBLIC = {

@@ -42,6 +42,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         ("CUNXIANG_COUNTY_REGION", "42120"),
         ("CUNXIANG_ACK_BATCH_INTERVAL_S", "0"),
         ("CUNXIANG_LOG_LEVEL", "LOUD"),
+        ("CUNXIANG_CAP_SENDER", "xianan yjgb"),
+        ("CUNXIANG_CAP_SENDER", "xianan,yjgb"),
     ],
 )
 def test_invalid_setting_is_refused_with_a_message_naming_it(
@@ -53,6 +55,13 @@ def test_invalid_setting_is_refused_with_a_message_naming_it(
     message = str(raised.value)
     assert message.startswith(f"invalid setting {variable}:")
     assert message.count("\n") == 0
+
+
+def test_the_cap_sender_defaults_to_one_naming_the_county(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUNXIANG_CAP_SENDER", raising=False)
+    monkeypatch.setenv("CUNXIANG_COUNTY_REGION", "421221")
+
+    assert load_settings().cap_sender == "cunxiang-421221"
 
 
 def test_cunxiang_command_exits_2_with_one_clear_line_on_a_bad_setting() -> None:

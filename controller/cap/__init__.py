@@ -1,4 +1,5 @@
-"""CAP 1.2 in: parse safely, validate against the OASIS schema, map to a broadcast decision.
+"""CAP 1.2 in: parse safely, validate against the OASIS schema, map to a broadcast decision;
+and out: our broadcasts as CAP, and an Atom feed of them.
 
     parse.py     bytes → a schema-valid `alert` element (size, DOCTYPE, namespace, XSD)
     model.py     element → CapAlert (the spec's rules the schema cannot express)
@@ -6,6 +7,11 @@
     geometry.py  polygons and circles → terminals
     mapping.py   CapAlert → CapDecision (broadcast, update, cancel, store_only, rejected)
     feeds.py     a directory, a file or an Atom/RSS feed → FeedItems (a message's bytes, or why not)
+    export.py    a stored broadcast → an `alert` element our own mapping reads back as it
+    atom.py      exported alerts → an Atom 1.0 feed, each alert embedded in its entry
+    fetch.py     http(s) downloads within a byte limit (feeds, linked messages, audio)
+    intake.py    receiving a message: stored as received, carried out through the controller
+    poller.py    the configured feeds, read on an interval into the intake
 
 Errors: CapRejected (a ValueError with `reason`) inside; `ingest_cap` turns it into a decision.
 """

@@ -24,6 +24,11 @@ _CAP_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[-+]\d\d:\d\d$")
 _RESTRICTED = re.compile(r"[\s,<&]")
 
 
+def is_cap_token(value: str) -> bool:
+    """Whether `value` may be an `identifier` or `sender`: not empty, no space, comma, '<' or '&'."""
+    return bool(value) and _RESTRICTED.search(value) is None
+
+
 class Status(StrEnum):
     ACTUAL = "Actual"
     EXERCISE = "Exercise"
@@ -172,7 +177,7 @@ def read_alert(root: etree._Element) -> CapAlert:
     identifier = _required(root, "identifier")
     sender = _required(root, "sender")
     for name, value in (("identifier", identifier), ("sender", sender)):
-        if _RESTRICTED.search(value):
+        if not is_cap_token(value):
             raise CapRejected(f"<{name}> {value!r} contains a space, comma, '<' or '&', which CAP forbids")
     msg_type = MsgType(_required(root, "msgType"))
     references = _references(_text(root, "references"))
