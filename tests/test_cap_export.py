@@ -450,10 +450,17 @@ async def test_the_feed_lists_current_alerts_only_newest_first_each_alert_inside
 
     assert root.findtext("atom:id", namespaces=NS) == "urn:cunxiang:xianan-yjgb:feed"
     assert one(root, "atom:link[@rel='self']").get("href") == f"{base}/api/v1/cap/feed"
-    entries = root.findall("atom:entry", NS)
+    *entries, last = root.findall("atom:entry", NS)
     assert [e.findtext("atom:id", namespaces=NS) for e in entries] == [
         f"urn:cunxiang:xianan-yjgb:{broadcast_id}" for broadcast_id in current
     ]
+    # The cancelled alert is there as its Cancel (sent before the others), until it would have expired.
+    link = one(last, "atom:link[@rel='alternate']")
+    assert link.get("href") == f"{base}/api/v1/broadcasts/{cancelled}/cap?message=cancel"
+    (embedded,) = one(last, "atom:content")
+    cancel = read(etree.tostring(embedded))
+    assert cancel.msg_type.value == "Cancel" and [r.identifier for r in cancel.references] == [cancelled]
+    assert last.findtext("atom:id", namespaces=NS) == f"urn:cunxiang:xianan-yjgb:{cancel.identifier}"
     for entry, broadcast_id in zip(entries, current, strict=True):
         link = one(entry, "atom:link[@rel='alternate']")
         assert (link.get("type"), link.get("href")) == (

@@ -84,21 +84,30 @@ def broadcast_cap(
 def cap_feed(who: Viewer, session: SessionDep, controller: ControllerDep) -> Response:
     """The current alerts that concern your region, newest first, as an Atom 1.0 feed with each
     CAP alert inside its entry: sent and neither expired, cancelled, updated nor corrected.
-    Programmes are daily listening, not alerts, and are left out."""
+    Programmes are daily listening, not alerts, and are left out. An alert cancelled before it
+    expired is there as its Cancel until then, so a consumer reading the feed learns it is off."""
     settings = controller.settings
     now = now_utc()
     current = [b for b in current_alerts(session, now) if concerns(who, b)]
-    contexts = alert_contexts(session, current)
+    cancelled = [b for b in cancelled_alerts(session, now) if concerns(who, b)]
+    contexts = alert_contexts(session, current + cancelled)
     sender = publisher(settings)
     county = session.get(Region, settings.county_region)
     county_name = county.name if county is not None else settings.county_region
+    url = f"{settings.base_url}/api/v1/broadcasts"
+    entries = [(b.issued_at, export_alert(b, sender, contexts[b.id]), f"{url}/{b.id}/cap") for b in current]
+    for b in cancelled:
+        assert b.cancel_command is not None
+        cancel = decode(Cancel, b.cancel_command)
+        message = export_cancel(b, cancel, sender, contexts[b.id])
+        entries.append((cancel.issued_at, message, f"{url}/{b.id}/cap?message=cancel"))
+    entries.sort(key=lambda entry: entry[0], reverse=True)
     feed = atom_feed(
-        [export_alert(b, sender, contexts[b.id]) for b in current],
+        [(message, href) for _sent, message, href in entries],
         publisher=sender,
         title=f"{county_name}: current alerts (Cunxiang)",
         author=county_name,
         self_url=f"{settings.base_url}/api/v1/cap/feed",
-        alert_url=lambda identifier: f"{settings.base_url}/api/v1/broadcasts/{identifier}/cap",
         now=now,
     )
     return Response(feed, media_type=ATOM_MEDIA_TYPE)
@@ -124,6 +133,18 @@ def current_alerts(session: Session, now: datetime) -> list[Broadcast]:
             col(Broadcast.expires_at) > now,
         )
         .order_by(col(Broadcast.issued_at).desc())
+    )
+    return list(session.exec(query).all())
+
+
+def cancelled_alerts(session: Session, now: datetime) -> list[Broadcast]:
+    """Alerts whose cancel was sent before they expired (the newest of each line of updates)."""
+    query = select(Broadcast).where(
+        col(Broadcast.state).in_((BroadcastState.CANCELLING, BroadcastState.CANCELLED)),
+        col(Broadcast.cancel_command).is_not(None),
+        col(Broadcast.superseded_by).is_(None),
+        col(Broadcast.kind) != BroadcastKind.PROGRAMME,
+        col(Broadcast.expires_at) > now,
     )
     return list(session.exec(query).all())
 

@@ -5,7 +5,7 @@ does not. A consumer needs no second request, yet each entry links to its alert'
 """
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
@@ -24,17 +24,17 @@ def entry_id(sender: str, identifier: str) -> str:
 
 
 def atom_feed(
-    alerts: Sequence[etree._Element],
+    entries: Sequence[tuple[etree._Element, str]],
     *,
     publisher: CapPublisher,
     title: str,
     author: str,
     self_url: str,
-    alert_url: Callable[[str], str],
     now: datetime,
 ) -> bytes:
-    """The feed of `alerts`, in the order given; `alert_url(identifier)` is where each is served."""
+    """The feed of `entries` (each alert, and the URL it is served at), in the order given."""
     feed = etree.Element(_name("feed"), nsmap={None: ATOM_NAMESPACE})
+    alerts = [alert for alert, _url in entries]
     read = [read_alert(alert) for alert in alerts]
     _add(feed, "id", entry_id(publisher.sender, "feed"))
     _add(feed, "title", title)
@@ -43,7 +43,7 @@ def atom_feed(
     _add(feed, "updated", cap_time(now, publisher.timezone))
     etree.SubElement(_add(feed, "author"), _name("name")).text = author
     etree.SubElement(feed, _name("link"), rel="self", type=ATOM_MEDIA_TYPE, href=self_url)
-    for element, alert in zip(alerts, read, strict=True):
+    for (element, url), alert in zip(entries, read, strict=True):
         info = alert.infos[0] if alert.infos else None
         entry = etree.SubElement(feed, _name("entry"))
         _add(entry, "id", entry_id(alert.sender, alert.identifier))
@@ -51,9 +51,7 @@ def atom_feed(
         _add(entry, "updated", cap_time(alert.sent, publisher.timezone))
         if info is not None and (info.description or info.headline):
             _add(entry, "summary", info.description or info.headline or "")
-        etree.SubElement(
-            entry, _name("link"), rel="alternate", type=CAP_MEDIA_TYPE, href=alert_url(alert.identifier)
-        )
+        etree.SubElement(entry, _name("link"), rel="alternate", type=CAP_MEDIA_TYPE, href=url)
         # An XML media type: the content is the alert element itself, in its own namespace.
         _add(entry, "content", None, type=CAP_MEDIA_TYPE).append(copy.deepcopy(element))
     return etree.tostring(feed, xml_declaration=True, encoding="UTF-8", pretty_print=True)
