@@ -34,11 +34,14 @@ class LiveServer:
     """uvicorn + the app (and so the controller) on a free port; `http` is a client bound to it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
+        if settings.public_url is None:
+            # The URLs it hands out (audio, CAP) lead back to it, as they would in a deployment.
+            settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{self.port}"})
+        self.settings = settings
+        self.app = create_app(settings)
         self.server = http_server(self.app, "127.0.0.1", self.port)
         self.http = http_client(f"http://127.0.0.1:{self.port}")
         self._task: asyncio.Task[None] | None = None

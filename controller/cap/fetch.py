@@ -6,6 +6,7 @@ once past `max_bytes`, so a hostile or broken server costs a bounded amount of m
 the client's timeout, of time.
 """
 
+from collections.abc import Generator, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -21,9 +22,30 @@ class FetchFailed(Exception):
         self.reason = reason
 
 
-def new_client(timeout_s: float) -> httpx.AsyncClient:
+class OriginHeaders(httpx.Auth):
+    """Headers (a source's credentials) sent to the source's own origin and nowhere else: a feed
+    links to messages on other hosts, and redirects lead anywhere, and neither may get them."""
+
+    def __init__(self, source: str, headers: Mapping[str, str]) -> None:
+        self.origin = _origin(httpx.URL(source))
+        self.headers = dict(headers)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self.origin:
+            request.headers.update(self.headers)
+        yield request
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def new_client(timeout_s: float, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
     """A client for fetching, with the timeout on every step (connect, each read)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), headers={"User-Agent": "cunxiang-cap/1"})
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s), headers={"User-Agent": "cunxiang-cap/1"}, auth=auth
+    )
 
 
 def is_http(url: str) -> bool:

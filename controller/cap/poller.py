@@ -3,8 +3,9 @@
 
 - New means bytes not received before, whatever became of them: a feed lists the same entries
   poll after poll, and a message refused once is not refused again every minute.
-- New messages are received oldest first (by their `sent`), so an Update listed above its Alert,
-  as feeds list the newest first, finds the Alert already received.
+- New messages are received oldest first (by their `sent`; a feed's entries sent in the same
+  second, in the reverse of the feed's order, since feeds list the newest first), so an Update
+  listed above its Alert finds the Alert already received.
 - An entry that cannot be had (a download failing) is recorded as refused once per reason, not at
   every poll; a source that fails as a whole is logged.
 - Every controller process polls: the unique sender+identifier of stored messages makes the second
@@ -14,11 +15,12 @@
 import asyncio
 import hashlib
 import logging
+import os
 from datetime import UTC, datetime
 
 from controller.accounts import Principal, Role
 from controller.cap.feeds import FeedItem, read_source
-from controller.cap.fetch import new_client
+from controller.cap.fetch import OriginHeaders, is_http, new_client
 from controller.cap.intake import CapIntake, CapReceipt
 from controller.cap.mapping import CapRejection, read_cap
 from controller.cap.rules import CapFeed
@@ -63,7 +65,7 @@ class CapPoller:
         try:
             # The client's timeout bounds each step; this bounds a slow trickle of them.
             async with asyncio.timeout(max(self.settings.cap_feed_interval_s, 30.0)):
-                async with new_client(self.settings.cap_fetch_timeout_s) as client:
+                async with new_client(self.settings.cap_fetch_timeout_s, _credentials(feed)) as client:
                     items = await read_source(
                         feed.source,
                         client=client,
@@ -93,12 +95,21 @@ class CapPoller:
         fetched = [(item.origin, item.data) for item in items if item.data is not None]
         seen = await self.intake.seen([hashlib.sha256(data).hexdigest() for _, data in fetched])
         new = [(origin, data) for origin, data in fetched if hashlib.sha256(data).hexdigest() not in seen]
+        if not await asyncio.to_thread(os.path.isdir, feed.source):
+            new.reverse()  # feeds list the newest first: messages sent in one second keep their order
         for origin, data in sorted(new, key=lambda each: _sent(each[1], self.settings.cap_max_bytes)):
             self._failures.pop((feed.name, origin), None)
             receipts.append(await self.intake.receive(data, by, origin=origin, again=False))
         if receipts:
             log.info("CAP feed %s: %d new message(s)", feed.name, len(receipts))
         return receipts
+
+
+def _credentials(feed: CapFeed) -> OriginHeaders | None:
+    if not feed.headers or not is_http(feed.source):
+        return None
+    headers = {name: value.get_secret_value() for name, value in feed.headers.items()}
+    return OriginHeaders(feed.source, headers)
 
 
 def _sent(data: bytes, max_bytes: int) -> datetime:

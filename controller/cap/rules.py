@@ -7,7 +7,7 @@ value so the mapping stays a pure function of the message, these rules and the t
 from collections.abc import Sequence
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from controller.cap.model import Certainty, Info, Severity, Urgency
 from devices.identifiers import is_region_code
@@ -159,3 +159,6 @@ class CapFeed(BaseModel):
     name: Annotated[str, Field(pattern=FEED_NAME)]
     source: Annotated[str, Field(min_length=1, max_length=2000)]
     region: str | None = None
+    headers: dict[str, SecretStr] = {}
+    """sent with every request to the source's own host (its credentials: {"X-API-Key": "cxk_…"}),
+    never to other hosts its entries link to"""
