@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from controller.cap import parse_cap, read_alert
 from controller.cap.feeds import FeedItem, read_source
-from controller.cap.fetch import MAX_REDIRECTS
+from controller.cap.fetch import MAX_REDIRECTS, OriginHeaders, new_client
 
 CORPUS = Path(__file__).parent / "data" / "cap"
 ATOM = "http://www.w3.org/2005/Atom"
@@ -40,6 +40,11 @@ OVER_64_KIB = "08_us-ipaws-puerto-rico_required-monthly-test_embedded-mp3-derefU
 
 def corpus(name: str) -> bytes:
     return (CORPUS / name).read_bytes()
+
+
+def by_number(prefix: str) -> bytes:
+    (path,) = CORPUS.glob(f"{prefix}*.xml")
+    return path.read_bytes()
 
 
 def embeddable(name: str) -> str:
@@ -84,6 +89,8 @@ class FeedServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, str]] = []
+        self.keys: list[str | None] = []
+        """the X-API-Key of each request"""
         self.endless_cut_off = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
@@ -114,6 +121,7 @@ class FeedServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Accept", "")))
+                server.keys.append(self.headers.get("X-API-Key"))
                 route = server.routes.get(self.path, Route(b"not here", 404))
                 self.send_response(route.status)
                 for name, value in route.headers.items():
@@ -538,3 +546,32 @@ async def test_a_source_that_is_no_http_url_directory_or_file_is_one_error_item(
 def test_a_feed_item_has_either_data_or_an_error(data: bytes | None, error: str | None) -> None:
     with pytest.raises(ValidationError, match="either data or an error"):
         FeedItem(origin="x", data=data, error=error)
+
+
+async def test_a_feeds_credentials_go_to_its_own_host_only(server: FeedServer) -> None:
+    elsewhere = FeedServer()
+    try:
+        theirs = elsewhere.serve("/theirs.xml", by_number("19_"))
+        moved = elsewhere.serve("/moved.xml", by_number("25_"))
+        server.serve("/ours.xml", by_number("23_"))
+        server.serve("/redirect.xml", status=302, Location=moved)
+        source = server.serve(
+            "/feed.atom",
+            atom(
+                entry("1", "<link type='application/cap+xml' href='ours.xml'/>"),
+                entry("2", f"<link type='application/cap+xml' href='{theirs}'/>"),
+                entry("3", "<link type='application/cap+xml' href='redirect.xml'/>"),
+            ),
+        )
+        auth = OriginHeaders(source, {"X-API-Key": "cxk_secret"})
+        async with new_client(10, auth) as client:
+            items = await read_source(source, client=client, max_bytes=MAX_BYTES, max_entries=10)
+        assert [identifier(item.data) for item in items] == [
+            identifier(by_number("23_")),
+            identifier(by_number("19_")),
+            identifier(by_number("25_")),
+        ]
+        assert server.keys == ["cxk_secret"] * 3
+        assert elsewhere.paths == ["/theirs.xml", "/moved.xml"] and elsewhere.keys == [None, None]
+    finally:
+        elsewhere.close()
