@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.console import audit_page, fleet, pages, schedules_page, session
+from api.console import audit_page, cap_page, fleet, pages, schedules_page, session
 from api.console import map as county_map
 from api.console.session import SignInRequired, redirect_to_sign_in
 from api.limits import BodyLimit
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(schedules_page.router)
     app.include_router(audit_page.router)
+    app.include_router(cap_page.router)
     app.include_router(fleet.router)
     app.include_router(county_map.router)
     static = resources.files("api.console").joinpath("static")

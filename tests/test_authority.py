@@ -796,6 +796,7 @@ CASES: list[Case] = [
     Case("GET", "/language/{language}", PUBLIC, at("/language/en"), 303),
     Case("GET", "/", Rule(VIEWER), at("/"), nobody=303),
     Case("GET", "/approvals", Rule(VIEWER), at("/approvals"), nobody=303),
+    Case("GET", "/cap", Rule(VIEWER), at("/cap"), nobody=303),
     Case("GET", "/send", Rule(VIEWER), at("/send"), nobody=303),
     Case("GET", "/send/regions/{code}", Rule(VIEWER, A), at(f"/send/regions/{A}"), nobody=303),
     Case(

@@ -20,6 +20,7 @@ from controller.regions import villages_under
 from simulator.scenario import FaultEvent, FaultKind, Scenario
 from tests.conftest import make_settings
 from tests.live import LiveServer, eventually, specs_in
+from tests.test_cap_intake import flood
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -213,3 +214,33 @@ async def test_a_viewer_sees_a_speaker_fail_on_the_map_finds_it_in_the_fleet_and
         await expect(page.locator("#alarms tr.alarm-open[data-kind=speaker_fault]")).to_have_count(1)
         await expect(page.locator("#telemetry-chart canvas").first).to_be_visible()
         await screenshot(page, "terminal")
+
+
+async def test_an_operator_sees_what_came_in_as_cap_and_follows_it_to_its_broadcast(
+    live: LiveServer, browser: Browser
+) -> None:
+    villages = ["421202104001", "421202104215"]
+    await live.register(specs_in(villages))
+    await live.account("duty", Role.OPERATOR)
+    key = await live.api_key("weather-bureau", Role.OPERATOR)
+    upstream = {"X-API-Key": key, "Content-Type": "application/cap+xml"}
+    alert = flood("XN-2026-C01", headline="暴雨橙色预警", severity="Severe")
+    sent = await live.http.post("/api/v1/cap", content=alert, headers=upstream)
+    assert sent.status_code == 201, sent.text
+    (broadcast_id,) = sent.json()["broadcasts"]
+    refused = await live.http.post("/api/v1/cap", content=b"<alert>broken", headers=upstream)
+    assert refused.status_code == 422, refused.text
+
+    page = await signed_in(live, browser, "duty")
+    await page.get_by_role("link", name="预警信息接入").click()
+    rows = page.get_by_test_id("cap-messages").locator("tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("已拒收")
+    await expect(rows.nth(0)).to_contain_text("not well-formed XML")
+    accepted = page.locator("tr[data-identifier='XN-2026-C01']")
+    await expect(accepted).to_contain_text("已发布广播")
+    await expect(accepted).to_contain_text("key:weather-bureau")
+    await screenshot(page, "cap")
+    await accepted.get_by_role("link", name=broadcast_id).click()
+    await expect(page).to_have_url(re.compile(f"/broadcasts/{broadcast_id}$"))
+    await expect(page.locator("main")).to_contain_text("暴雨")

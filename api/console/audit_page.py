@@ -17,6 +17,7 @@ PAGE = 50
 ACTIONS = (
     "auth.",
     "broadcast.",
+    "cap.",
     "schedule.",
     "terminal.",
     "group.",
