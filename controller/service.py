@@ -171,8 +171,11 @@ class Controller:
             log.info("loaded %d bundled administrative regions (咸宁市)", loaded)
         self.presence.load(await self.writer.call(all_terminals))
         self.alarms.load(await self.writer.call(open_alarms))
+        staged: list[Broadcast] = []
         for broadcast, states, owed_cancel in await self.writer.call(live_broadcasts):
             self.tracker.track(_live(broadcast, states, owed_cancel), now_utc())
+            if _staged_by_someone(broadcast):
+                staged.append(broadcast)
         address = await self._broker_address()
         self.bus = MqttBus(
             address,
@@ -187,6 +190,9 @@ class Controller:
         )
         await asyncio.to_thread(self.keys.ensure, now_utc())
         self.dispatcher = Dispatcher(self.bus, self.tracker, self.topics, self.metrics, self.keys)
+        for broadcast in staged:
+            assert broadcast.not_before is not None
+            self._spawn(self._release_at(broadcast.id, broadcast.not_before))
         self._run("mqtt", self.bus.run())
         self._run("db-writer", self.writer.run())
         self._run("sweep", self._sweep())
@@ -301,6 +307,9 @@ class Controller:
             log.info("broadcast %s (%d terminals) awaits approval", broadcast.id, broadcast.terminals)
             return broadcast
         await self._launch(broadcast, target, now)
+        if _staged_by_someone(broadcast):
+            assert broadcast.not_before is not None
+            self._spawn(self._release_at(broadcast.id, broadcast.not_before))
         return broadcast
 
     async def approve(self, broadcast_id: str, by: Principal) -> Broadcast:
@@ -363,6 +372,14 @@ class Controller:
         live = self.tracker.find(broadcast_id)
         if live is not None and self.dispatcher is not None:
             await self.dispatcher.publish(live, its_time=True)
+
+    async def _release_at(self, broadcast_id: str, when: datetime) -> None:
+        """Publish a staged broadcast nobody else owns (a CAP alert effective later) at its time;
+        the scheduler releases its own runs, and may withdraw them first."""
+        await asyncio.sleep(max(0.0, (when - now_utc()).total_seconds()))
+        live = self.tracker.find(broadcast_id)
+        if live is not None and live.state is BroadcastState.ACCEPTED:
+            await self.release(broadcast_id)
 
     async def speak(self, text: str, language: str, speed: int | None = None) -> Speech:
         """Speech for `text` from the offline engine (cached); raises SpeechUnavailable or SpeechFailed."""
@@ -648,6 +665,13 @@ class Controller:
                 log.error("background work failed", exc_info=finished.exception())
 
         task.add_done_callback(done)
+
+
+def _staged_by_someone(broadcast: Broadcast) -> bool:
+    """Staged for later by a person or an upstream system, not by the scheduler (which releases
+    its own runs at their time)."""
+    staged = broadcast.not_before is not None and broadcast.state == BroadcastState.ACCEPTED
+    return staged and broadcast.created_by is not None
 
 
 async def _step(what: str, work: Awaitable[None]) -> None:

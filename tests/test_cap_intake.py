@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from controller.accounts import Role
 from controller.audit import search
 from controller.media import inspect_audio
-from controller.models import Broadcast, CapMessage
+from controller.models import Broadcast, CapMessage, Delivery
 from devices.messages import Command, decode, now_utc
 from tests.builders import tone
 from tests.cap_builders import area_xml, cap_xml, info_xml, resource_xml
@@ -45,11 +45,13 @@ def flood(
     status: str = "Actual",
     sender: str = SENDER,
     sent: str | None = None,
+    effective: str | None = None,
 ) -> bytes:
     """A heavy-rain alert for 马桥镇's two test villages, expiring in an hour."""
     info = info_xml(
         severity=severity,
         headline=headline,
+        effective=effective,
         expires=cap_time(1),
         resources=resources,
         areas=areas
@@ -421,3 +423,43 @@ async def test_every_real_message_is_answered_and_kept(live: LiveServer, upstrea
 
     assert await live.controller.writer.call(count) == len(files)
     assert (await live.http.get("/api/v1/broadcasts")).json() == []
+
+
+async def test_an_alert_effective_later_goes_out_at_that_time(
+    live: LiveServer, upstream: httpx.AsyncClient
+) -> None:
+    specs = specs_in(VILLAGES)
+    await live.register(specs)
+    async with live.fleet(specs):
+        answer = await post(upstream, flood("XN-2026-A01", effective=cap_time(3 / 3600)))
+        assert answer.status_code == 201, answer.text
+        (broadcast_id,) = answer.json()["broadcasts"]
+        made = await broadcast(live, broadcast_id)
+        assert made.not_before is not None and answer.json()["state"] == "accepted"
+        early = await live.report(broadcast_id)
+        assert early["counts"].get("received", 0) == 0 and early["counts"].get("completed", 0) == 0
+        await live.report_when(broadcast_id, lambda r: r["counts"].get("completed", 0) == 2)
+
+    def heard(session: Session) -> list[Any]:
+        query = select(Delivery.received_at).where(Delivery.broadcast_id == broadcast_id)
+        return list(session.exec(query).all())
+
+    times = await live.controller.writer.call(heard)
+    assert len(times) == 2 and all(t is not None and t >= made.not_before for t in times)
+
+
+async def test_an_alert_effective_later_still_goes_out_after_a_restart(
+    database_url: str, embedded_broker: Any
+) -> None:
+    settings = make_settings(database_url, embedded_broker.url)
+    specs = specs_in(VILLAGES)
+    async with LiveServer(settings) as live:
+        await live.register(specs)
+        upstream = _client(live, await live.api_key("weather-bureau", Role.OPERATOR))
+        answer = await post(upstream, flood("XN-2026-A02", effective=cap_time(4 / 3600)))
+        assert answer.status_code == 201, answer.text
+        (broadcast_id,) = answer.json()["broadcasts"]
+    async with LiveServer(settings) as again, again.fleet(specs):
+        early = await again.report(broadcast_id)
+        assert early["counts"].get("received", 0) == 0
+        await again.report_when(broadcast_id, lambda r: r["counts"].get("completed", 0) == 2)
