@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from api.auth import AUTH_RESPONSES, Operator, Problem, Responses, Viewer, sees
 from api.deps import ControllerDep, SessionDep
@@ -108,18 +108,30 @@ def cap_messages(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[CapMessagePublic]:
     """CAP messages received for your region or above it, newest first."""
+    return [_public(m) for m in visible_messages(session, who, outcome, sender, before_id, limit)]
+
+
+def visible_messages(
+    session: Session,
+    who: Principal,
+    outcome: str | None = None,
+    sender: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[CapMessage]:
+    """The newest messages `who` may see (received for their region, above it or within it)."""
     query = select(CapMessage).order_by(col(CapMessage.id).desc())
-    if outcome is not None:
+    if outcome:
         query = query.where(CapMessage.outcome == outcome)
-    if sender is not None:
+    if sender:
         query = query.where(CapMessage.sender == sender)
     if before_id is not None:
         query = query.where(col(CapMessage.id) < before_id)
-    found: list[CapMessagePublic] = []
+    found: list[CapMessage] = []
     for page in session.exec(query.execution_options(yield_per=200)).partitions():
         for message in page:
             if sees(who, [message.region]):
-                found.append(_public(message))
+                found.append(message)
                 if len(found) == limit:
                     return found
     return found
