@@ -33,6 +33,14 @@ class SilentTerminal(BaseModel):
     state: str
     presence: str
     why: str
+    """in words (English); the parts below say the same for a reader in another language"""
+    silent: bool
+    """never heard from about it: its presence says why"""
+    reason: str | None
+    """the terminal's reason code (busy, higher_priority, unsigned, playback_error…)"""
+    detail: str | None
+    by: str | None
+    """the command that ended it (a cancel, an update)"""
 
 
 class MissedTerminal(BaseModel):
@@ -40,6 +48,10 @@ class MissedTerminal(BaseModel):
     state: str
     presence: str
     why: str
+    silent: bool
+    reason: str | None
+    detail: str | None
+    by: str | None
 
 
 class VillageMisses(BaseModel):
@@ -192,8 +204,19 @@ def broadcast_report(
         return presence, _WHY_BY_STATE.get(state, "") + _explained(reason, detail, by_command)
 
     def entry(row: Row) -> SilentTerminal:
-        presence, reason = why(row)
-        return SilentTerminal(id=row[0], region=row[1], state=row[2], presence=presence, why=reason)
+        presence, words = why(row)
+        terminal_id, region, state, reason, detail, by_command = row
+        return SilentTerminal(
+            id=terminal_id,
+            region=region,
+            state=state,
+            presence=presence,
+            why=words,
+            silent=_silent(state, reason),
+            reason=reason,
+            detail=detail,
+            by=by_command,
+        )
 
     return BroadcastReport(
         id=broadcast.id,
@@ -253,9 +276,7 @@ def _by_village(session: Session, missed: list[Row], listed: list[SilentTerminal
     names = region_names(session, set(counts) | {t for t in townships.values() if t})
     villages: dict[str, list[MissedTerminal]] = {code: [] for code in counts}
     for item in listed:
-        villages[item.region].append(
-            MissedTerminal(id=item.id, state=item.state, presence=item.presence, why=item.why)
-        )
+        villages[item.region].append(MissedTerminal(**item.model_dump(exclude={"region"})))
     return [
         VillageMisses(
             code=code,

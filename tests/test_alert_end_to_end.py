@@ -62,7 +62,7 @@ async def test_terminal_that_never_connected_is_listed_as_unacknowledged_with_wh
     [silent] = report["unacknowledged"]
     assert silent["id"] == specs[2].terminal_id
     assert silent["presence"] == "unknown"
-    assert "never connected" in silent["why"]
+    assert "never connected" in silent["why"] and silent["silent"] is True
 
 
 async def test_terminal_coming_online_later_still_gets_the_pending_alert(live: LiveServer) -> None:

@@ -116,6 +116,9 @@ async def test_an_operator_sends_an_exercise_watches_it_reach_everyone_and_cance
         page.once("dialog", lambda dialog: dialog.accept())
         await page.get_by_role("button", name="撤销").click()
         await expect(page.locator("#bstate")).to_have_text("已撤销", timeout=30_000)
+        # Why each terminal did not play it, in Chinese: cancelled, by the cancel command.
+        first_missed = page.locator("#not-played li").first
+        await expect(first_missed).to_contain_text(re.compile(r"— 已撤销.*\(由 \S+\)"))
 
         await page.get_by_role("link", name="首页").click()
         rows = page.locator("table.list tbody tr")

@@ -116,3 +116,6 @@ async def test_a_preempted_notice_is_not_resumed_and_its_report_says_by_what(liv
     assert village["code"] == "421202105233" and village["township"] == TOWNSHIP and village["count"] == 1
     assert village["name"] and village["township_name"]
     assert village["terminals"][0]["why"] == f"pre-empted: higher_priority (by {alert['id']})"
+    # The same in parts, for a reader in another language (the console says it in Chinese).
+    parts = {k: village["terminals"][0][k] for k in ("silent", "reason", "detail", "by")}
+    assert parts == {"silent": False, "reason": "higher_priority", "detail": None, "by": alert["id"]}

@@ -168,6 +168,17 @@
       state.textContent = T["bstate_" + snapshot.state] || snapshot.state;
       state.className = "bstate bstate-" + snapshot.state;
     };
+    // Why a terminal did not play it, in the reader's language (the report's `why` is English).
+    const why = (terminal) => {
+      if (terminal.silent) {
+        const silence = T["silent_" + terminal.presence] || terminal.why;
+        return `${T["state_" + terminal.state] || terminal.state}: ${silence}`;
+      }
+      const parts = [T["why_state_" + terminal.state] || terminal.state];
+      if (terminal.reason) parts.push(T["reason_" + terminal.reason] || terminal.reason);
+      if (terminal.detail) parts.push(terminal.detail);
+      return parts.join(": ") + (terminal.by ? ` (${T.ended_by} ${terminal.by})` : "");
+    };
     const drawMisses = (report) => {
       const box = document.getElementById("not-played");
       box.replaceChildren(
@@ -179,7 +190,7 @@
           list.append(
             ...village.terminals.map((terminal) => {
               const item = document.createElement("li");
-              item.textContent = `${terminal.id} — ${T["state_" + terminal.state] || terminal.state}: ${terminal.why}`;
+              item.textContent = `${terminal.id} — ${why(terminal)}`;
               return item;
             }),
           );
