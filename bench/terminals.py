@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lean import LeanFleet, share_command_decoding
+from bench.lean import LeanFleet, share_command_decoding, share_command_verification
 from devices.broker import BrokerAddress
 from devices.signing import KeySet
 from devices.topics import TopicScheme
@@ -90,6 +90,7 @@ def run_lean(args: argparse.Namespace) -> int:
             times[terminal_id] = time.time()
 
     share_command_decoding()
+    share_command_verification()
     fleet = LeanFleet(
         specs,
         address.host,
