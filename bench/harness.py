@@ -350,6 +350,8 @@ class ControllerProcess:
             await end_process(self.process, 30.0)
 
 
+MQTT_RECEIVE = "MQTT receive (controller.mqtt_client, devices.mqtt_wire; paho-mqtt, aiomqtt)"
+
 Categories = list[tuple[str, tuple[str, ...]]]
 """(name, substrings of frames that put a stack sample in it), first match wins"""
 
@@ -364,7 +366,7 @@ def controller_categories(*specific: tuple[str, tuple[str, ...]]) -> Categories:
         *specific,
         ("metrics (prometheus_client)", ("prometheus_client/",)),
         ("rest of handle_message (topic parsing, time)", ("handle_message (controller/service.py",)),
-        ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
+        (MQTT_RECEIVE, ("controller/mqtt_client.py", "devices/mqtt_wire.py", "paho/", "aiomqtt/")),
         ("asyncio event loop", ("asyncio/",)),
     ]
 

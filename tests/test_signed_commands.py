@@ -223,10 +223,10 @@ def test_bench_terminals_sharing_verification_answer_as_each_would_alone(
     import devices.terminal_core
     from bench.lean import share_command_verification
 
-    original = devices.terminal_core.refusal
+    original = refusal
     monkeypatch.setattr(devices.terminal_core, "refusal", original)  # restored after the test
     share_command_verification()
-    shared = devices.terminal_core.refusal
+    shared = getattr(devices.terminal_core, "refusal")  # noqa: B009
     assert shared is not original
     window = timedelta(minutes=5)
     genuine = TEST_SIGNER.sign(make_command(), NOW)
