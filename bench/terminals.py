@@ -5,7 +5,7 @@
 FILE is a JSON list of {"id": ..., "region": ...}. The terminals run until SIGTERM or SIGINT, then
 say goodbye and exit. Exit status 1 if they could not all connect within --connect-timeout.
 
-`--impl lean` (the default) runs them as `bench.lean` terminals: one paho-mqtt client per terminal,
+`--impl lean` (the default) runs them as `bench.lean` terminals: one MQTT connection per terminal,
 all served by one selector loop. `--impl aiomqtt` runs `simulator.runner.Fleet`, the simulator of
 `cunxiang simulate` (one aiomqtt client and asyncio tasks per terminal), which costs about three
 times the CPU per acknowledgement. Both speak protocol v1 and decide with `TerminalCore`.
