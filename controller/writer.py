@@ -271,6 +271,29 @@ class Updates:
         return compiled
 
 
+_INSERTS: dict[tuple[Table, tuple[str, ...], str], _Compiled] = {}
+
+
+def insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows that all have the same columns, as one executemany of plain parameters (each
+    column type's own conversion applied, as for `Updates`): a broadcast's delivery rows, stored
+    on the way to its publish, where SQLAlchemy's per-row handling cost about two thirds of the
+    time. Columns left out get NULL or their server default, not a Python-side default."""
+    if not rows:
+        return
+    shape = tuple(rows[0])
+    dialect = connection.dialect
+    compiled = _INSERTS.get((table, shape, dialect.name))
+    if compiled is None:
+        sql = insert(table).values({name: bindparam(f"v_{name}") for name in shape}).compile(dialect=dialect)
+        names = tuple(sql.positiontup) if sql.positiontup is not None else tuple(sql.binds)
+        sources = tuple((False, name[2:], sql.binds[name].type.bind_processor(dialect)) for name in names)
+        compiled = _Compiled(sql.string, names, sources, sql.positiontup is not None)
+        _INSERTS[(table, shape, dialect.name)] = compiled
+    params: Sequence[Any] = [_parameters(compiled, (), row) for row in rows]
+    connection.exec_driver_sql(compiled.sql, params)
+
+
 def _parameters(compiled: _Compiled, key: Key, values: dict[str, Any]) -> Any:
     """One row's driver parameters: a tuple for a positional driver (SQLite), else a dict."""
     converted = []
