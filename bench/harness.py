@@ -2,6 +2,7 @@
 CPU and memory from /proc, and the arithmetic of the figures (kept pure, so it is unit-tested)."""
 
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -83,6 +84,19 @@ def ingest_rate(commits: list[dict[str, Any]], since: float, table: str = DELIVE
     span = last - first
     per_s = (acks - batches[0]["updates"][table]) / span if span > 0 else None
     return IngestRate(acks, len(batches), first, last, None if per_s is None else round(per_s))
+
+
+def persisted_at(times: list[float], commits: list[dict[str, Any]]) -> list[float | None]:
+    """When each update recorded at one of `times` (epoch s) was committed: by the first batch taken
+    at or after it (`started`, epoch s), which holds everything recorded before it was taken. None
+    for an update no commit (with a `started`) covers."""
+    taken = sorted((c["started"], c["at"]) for c in commits if c.get("started") is not None)
+    starts = [start for start, _at in taken]
+    found: list[float | None] = []
+    for t in times:
+        index = bisect.bisect_left(starts, t)
+        found.append(taken[index][1] if index < len(taken) else None)
+    return found
 
 
 # --- machine and processes --------------------------------------------------------------------

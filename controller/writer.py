@@ -45,11 +45,14 @@ COMMITS_REMEMBERED = 10_000
 class Commit:
     """One batch the database committed: when (epoch seconds, just after COMMIT returned), and per
     table name how many updates were recorded (several updates of one row merge into one row) and
-    how many rows were written."""
+    how many rows were written; and when the batch was taken, so that when any update recorded at
+    time T was persisted can be told: by the first commit taken at or after T."""
 
     at: float
     updates: dict[str, int]
     rows: dict[str, int]
+    started: float = 0.0
+    """when the batch was taken (epoch seconds): it holds everything recorded before, nothing after"""
 
 
 class DbWriter:
@@ -112,6 +115,7 @@ class DbWriter:
         async with self._lock:
             if not self._pending and not self._inserts:
                 return
+            started = time.time()
             batch, inserts, count, updates = self._pending, self._inserts, self._count, self._updates
             self._pending, self._inserts, self._count, self._updates = {}, {}, 0, {}
             self.writing = count
@@ -133,6 +137,7 @@ class DbWriter:
                     at=committed_at,
                     updates={table.name: n for table, n in updates.items()},
                     rows={table.name: len(rows) for table, rows in batch.items()},
+                    started=started,
                 )
             )
 

@@ -3,7 +3,7 @@ summary). The controller's MQTT receive path they led to is tested in test_mqtt_
 
 from bench import ingest
 from bench.fanout import metric_total
-from bench.harness import MQTT_RECEIVE, ingest_rate, quantile, summarise_profile
+from bench.harness import MQTT_RECEIVE, ingest_rate, persisted_at, quantile, summarise_profile
 
 
 def test_quantile_is_the_time_by_which_that_share_of_all_n_had_happened() -> None:
@@ -81,3 +81,12 @@ def test_metric_total_reads_an_unlabelled_counter_and_not_its_namesakes() -> Non
     )
     assert metric_total(exposition, "cunxiang_delivery_retries_total") == 1234
     assert metric_total(exposition, "cunxiang_missing_total") is None
+
+
+def test_an_update_counts_as_persisted_by_the_first_batch_taken_after_it() -> None:
+    commits = [
+        {"started": 10.0, "at": 10.5, "updates": {}, "rows": {}},
+        {"started": 10.6, "at": 11.0, "updates": {}, "rows": {}},
+    ]
+    # 10.2 was recorded while the first batch was being written: it is in the second.
+    assert persisted_at([9.9, 10.0, 10.2, 10.6, 10.7], commits) == [10.5, 10.5, 11.0, 11.0, None]
