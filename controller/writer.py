@@ -231,7 +231,7 @@ def _sqlite_utc(value: datetime | None) -> str | None:
         raise ValueError("naive datetime given to a UTC column")
     if value.utcoffset():
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ")
+    return value.isoformat(" ")[:-6]  # without its "+00:00"
 
 
 def _processor(column_type: Any, dialect: Dialect) -> Processor:
@@ -268,7 +268,8 @@ class Updates:
         pk = [column.name for column in table.primary_key.columns]
         for shape, entries in by_shape.items():
             compiled = self._compile(connection, table, pk, shape)
-            params: Sequence[Any] = [_parameters(compiled, key, values) for key, values in entries]
+            times: dict[datetime, str | None] = {}
+            params: Sequence[Any] = [_parameters(compiled, key, values, times) for key, values in entries]
             connection.exec_driver_sql(compiled.sql, params)
 
     def _compile(
@@ -318,16 +319,29 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict[str, Any]]
         sources = tuple((False, name[2:], _processor(sql.binds[name].type, dialect)) for name in names)
         compiled = _Compiled(sql.string, names, sources, sql.positiontup is not None)
         _INSERTS[(table, shape, dialect.name)] = compiled
-    params: Sequence[Any] = [_parameters(compiled, (), row) for row in rows]
+    times: dict[datetime, str | None] = {}
+    params: Sequence[Any] = [_parameters(compiled, (), row, times) for row in rows]
     connection.exec_driver_sql(compiled.sql, params)
 
 
-def _parameters(compiled: _Compiled, key: Key, values: dict[str, Any]) -> Any:
-    """One row's driver parameters: a tuple for a positional driver (SQLite), else a dict."""
+def _parameters(
+    compiled: _Compiled, key: Key, values: dict[str, Any], times: dict[datetime, str | None]
+) -> Any:
+    """One row's driver parameters: a tuple for a positional driver (SQLite), else a dict. UTC times
+    on SQLite are converted once per batch (`times`): a row's `updated_at` is the time of its state,
+    and a region publish gives thousands of rows the same time."""
     converted = []
     for from_key, field, processor in compiled.sources:
         value = key[field] if from_key else values[field]
-        converted.append(value if processor is None else processor(value))
+        if processor is None:
+            converted.append(value)
+        elif processor is _sqlite_utc and value is not None:
+            text = times.get(value)
+            if text is None:
+                text = times[value] = _sqlite_utc(value)
+            converted.append(text)
+        else:
+            converted.append(processor(value))
     if compiled.positional:
         return tuple(converted)
     return dict(zip(compiled.names, converted, strict=True))
