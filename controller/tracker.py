@@ -199,16 +199,20 @@ class DeliveryTracker:
         targets = terminal_ids if terminal_ids is not None else list(live.states)
         states = live.states
         pending = [t for t in targets if states.get(t) is DeliveryState.PENDING]
-        if live.state is BroadcastState.ACTIVE:
+        if terminal_ids is None and live.state is BroadcastState.ACTIVE:
             # What `_move` does for pending → sent of an active broadcast (still awaited, not
             # final, nothing to clear), once for all: a county's region publish moves thousands
-            # at once, and the acknowledgements wait behind it.
-            values = {"state": DeliveryState.SENT.value, "updated_at": at, "sent_at": at}
-            deliveries, update = self._deliveries, self._writer.update
+            # at once, and the acknowledgements wait behind it. In the database, one UPDATE of
+            # the broadcast's rows still `pending` (the rows pending here are pending there: the
+            # database is never ahead of memory); a row that moved on here in the meantime gets
+            # the publish's `sent_at` too, then its own later state.
             for terminal_id in pending:
                 states[terminal_id] = DeliveryState.SENT
-                update(deliveries, (live.id, terminal_id), values)
-            self._transitions[DeliveryState.SENT].inc(len(pending))
+            if pending:
+                values = {"state": DeliveryState.SENT.value, "updated_at": at, "sent_at": at}
+                where = {"broadcast_id": live.id, "state": DeliveryState.PENDING.value}
+                self._writer.update_where(self._deliveries, where, values, count=len(pending))
+                self._transitions[DeliveryState.SENT].inc(len(pending))
         else:
             for terminal_id in pending:
                 self._move(live, terminal_id, DeliveryState.SENT, at)

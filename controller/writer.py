@@ -37,6 +37,8 @@ T = TypeVar("T")
 Key = tuple[str, ...]
 Pending = dict[Table, dict[Key, dict[str, Any]]]
 Inserts = dict[Table, list[dict[str, Any]]]
+Bulk = list[tuple[Table, dict[str, Any], dict[str, Any]]]
+"""UPDATEs of every row matching some column values: (table, where, values)"""
 
 COMMITS_REMEMBERED = 10_000
 
@@ -66,6 +68,7 @@ class DbWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cunxiang-db")
         self._pending: Pending = {}
         self._inserts: Inserts = {}
+        self._bulk: Bulk = []
         self._count = 0
         self._updates: dict[Table, int] = {}
         self.writing = 0
@@ -99,6 +102,20 @@ class DbWriter:
         else:
             row.update(values)
 
+    def update_where(
+        self, table: Table, where: dict[str, Any], values: dict[str, Any], *, count: int
+    ) -> None:
+        """Record an UPDATE of every row of `table` whose columns equal `where`, written at the next
+        flush after its new rows and before its row updates (`update`), so a row update recorded
+        in the same batch, before or after it, is the row's last word. `count`: how many row
+        updates it stands for (the commit log's figures). A region publish moves a county's
+        deliveries from `pending` to `sent` with one of these instead of thousands of rows."""
+        self._bulk.append((table, dict(where), dict(values)))
+        self._updates[table] = self._updates.get(table, 0) + count
+        self._count += 1
+        if self._count >= self._max_rows:
+            self._wake.set()
+
     def insert(self, table: Table, row: dict[str, Any]) -> None:
         """Record a new row of `table`, written at the next flush before that flush's updates."""
         self._inserts.setdefault(table, []).append(row)
@@ -113,20 +130,23 @@ class DbWriter:
     async def flush(self) -> None:
         """Write everything recorded so far; on a passing failure the rows wait for the next flush."""
         async with self._lock:
-            if not self._pending and not self._inserts:
+            if not self._pending and not self._inserts and not self._bulk:
                 return
             started = time.time()
-            batch, inserts, count, updates = self._pending, self._inserts, self._count, self._updates
-            self._pending, self._inserts, self._count, self._updates = {}, {}, 0, {}
+            batch, inserts, bulk = self._pending, self._inserts, self._bulk
+            count, updates = self._count, self._updates
+            self._pending, self._inserts, self._bulk, self._count, self._updates = {}, {}, [], 0, {}
             self.writing = count
             try:
                 # Shielded: a cancelled caller must not abandon a batch the thread is still writing.
                 committed_at = await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(self._executor, self._write, batch, inserts)
+                    asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._write, batch, inserts, bulk
+                    )
                 )
             except BaseException:
                 self.metrics.db_flush_errors.inc()
-                self._restore(batch, inserts, updates)
+                self._restore(batch, inserts, bulk, updates)
                 raise
             finally:
                 self.writing = 0
@@ -162,7 +182,8 @@ class DbWriter:
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    def _restore(self, batch: Pending, inserts: Inserts, updates: dict[Table, int]) -> None:
+    def _restore(self, batch: Pending, inserts: Inserts, bulk: Bulk, updates: dict[Table, int]) -> None:
+        self._bulk = bulk + self._bulk
         for table, new_rows in inserts.items():
             self._inserts[table] = new_rows + self._inserts.get(table, [])
         for table, n in updates.items():
@@ -173,23 +194,25 @@ class DbWriter:
                 newer = current.get(key)
                 current[key] = values if newer is None else {**values, **newer}
         self._count = sum(len(rows) for rows in self._pending.values())
-        self._count += sum(len(rows) for rows in self._inserts.values())
+        self._count += sum(len(rows) for rows in self._inserts.values()) + len(self._bulk)
 
-    def _write(self, batch: Pending, inserts: Inserts) -> float:
+    def _write(self, batch: Pending, inserts: Inserts, bulk: Bulk) -> float:
         """Write a batch in one transaction; returns when it was committed (epoch seconds)."""
         try:
             with self.engine.begin() as connection:
                 for table, new_rows in inserts.items():
                     connection.execute(insert(table), new_rows)
+                for table, where, values in bulk:
+                    self._statements.update_where(connection, table, where, values)
                 for table, rows in batch.items():
                     self._statements.update_rows(connection, table, rows)
         except Exception as exc:
             if _passing(exc):
                 raise
-            self._write_row_by_row(batch, inserts)
+            self._write_row_by_row(batch, inserts, bulk)
         return time.time()
 
-    def _write_row_by_row(self, batch: Pending, inserts: Inserts) -> None:
+    def _write_row_by_row(self, batch: Pending, inserts: Inserts, bulk: Bulk) -> None:
         for table, new_rows in inserts.items():
             for row in new_rows:
                 try:
@@ -200,6 +223,15 @@ class DbWriter:
                         raise
                     self.metrics.db_rows_refused.inc()
                     log.error("database refused new %s row %s; dropped: %s", table.name, row, exc)
+        for table, where, values in bulk:
+            try:
+                with self.engine.begin() as connection:
+                    self._statements.update_where(connection, table, where, values)
+            except Exception as exc:
+                if _passing(exc):
+                    raise
+                self.metrics.db_rows_refused.inc()
+                log.error("database refused %s rows %s %s; dropped: %s", table.name, where, values, exc)
         for table, rows in batch.items():
             for key, values in rows.items():
                 try:
@@ -258,7 +290,7 @@ class Updates:
     """UPDATE statements by primary key, compiled once per table, set of columns and dialect."""
 
     def __init__(self) -> None:
-        self._compiled: dict[tuple[Table, tuple[str, ...], str], _Compiled] = {}
+        self._compiled: dict[tuple[Table, tuple[str, ...], tuple[str, ...], str], _Compiled] = {}
 
     def update_rows(self, connection: Connection, table: Table, rows: dict[Key, dict[str, Any]]) -> None:
         """UPDATE rows by primary key, one executemany per set of columns."""
@@ -272,11 +304,21 @@ class Updates:
             params: Sequence[Any] = [_parameters(compiled, key, values, times) for key, values in entries]
             connection.exec_driver_sql(compiled.sql, params)
 
+    def update_where(
+        self, connection: Connection, table: Table, where: dict[str, Any], values: dict[str, Any]
+    ) -> None:
+        """UPDATE every row whose columns equal `where` (names in both are distinct parameters)."""
+        columns = tuple(where)
+        compiled = self._compile(connection, table, list(columns), tuple(values))
+        times: dict[datetime, str | None] = {}
+        key = tuple(where[name] for name in columns)
+        connection.exec_driver_sql(compiled.sql, [_parameters(compiled, key, values, times)])
+
     def _compile(
         self, connection: Connection, table: Table, pk: list[str], shape: tuple[str, ...]
     ) -> _Compiled:
         dialect = connection.dialect
-        cache_key = (table, shape, dialect.name)
+        cache_key = (table, tuple(pk), shape, dialect.name)
         compiled = self._compiled.get(cache_key)
         if compiled is None:
             statement = (

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.dialects import sqlite
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from controller.db import init_schema, make_engine
 from controller.metrics import Metrics
@@ -121,3 +121,24 @@ def test_the_writers_utc_shortcut_stores_what_the_column_type_and_driver_did(val
     assert _sqlite_utc(value) == stored
     with pytest.raises(ValueError):
         _sqlite_utc(value.replace(tzinfo=None))
+
+
+async def test_an_update_of_every_matching_row_runs_before_the_row_updates_of_its_batch(
+    writer: DbWriter,
+) -> None:
+    table = Terminal.__table__  # type: ignore[attr-defined]
+    with Session(writer.engine) as session:
+        session.add(Terminal(id="t-3", region_code="421202100001"))
+        session.commit()
+    writer.update(table, ("t-1",), {"name": "row update recorded first"})
+    writer.update_where(table, {"region_code": "421202100001"}, {"name": "every row"}, count=3)
+    writer.update(table, ("t-2",), {"name": "row update recorded after"})
+    await writer.flush()
+    with Session(writer.engine) as session:
+        names = {t.id: t.name for t in session.exec(select(Terminal)).all()}
+    assert names == {
+        "t-1": "row update recorded first",
+        "t-2": "row update recorded after",
+        "t-3": "every row",
+    }
+    assert writer.commits[-1].updates == {"terminal": 5}
