@@ -100,6 +100,8 @@ class FanoutResult:
     command_s: dict[int, float | None] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    commit_log: list[dict[str, Any]] = field(default_factory=list)
+    """the writer's batches committed after t0: when taken and committed (s after t0), rows written"""
 
     @property
     def all_completed(self) -> bool:
@@ -427,6 +429,15 @@ async def run_fanout(
         result.duplicates_ignored = metric_total(metrics, "cunxiang_delivery_transitions_ignored_total")
         commits = await controller.commits()
         rate = ingest_rate(commits, since=t0.timestamp())
+        result.commit_log = [
+            {
+                "started": round(c["started"] - t0.timestamp(), 3) if c.get("started") else None,
+                "at": round(c["at"] - t0.timestamp(), 3),
+                "rows": c["rows"],
+            }
+            for c in commits
+            if c["at"] >= t0.timestamp()
+        ]
         result.acks_per_s, result.acks_committed, result.commit_batches = rate.per_s, rate.acks, rate.batches
         rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
         await asyncio.gather(*(end_process(p, 30.0) for p in processes))

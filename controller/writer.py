@@ -164,8 +164,11 @@ class DbWriter:
     async def run(self) -> None:
         """Flush every `interval` (sooner when the batch is full) until `stop`; survive outages."""
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            if not self._wake.is_set():
+                # (When it is set already, the next batch starts now: wait_for's task would cost
+                # the event loop's turns, each of which may hold a read of acknowledgements.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
             try:
                 await self.flush()
