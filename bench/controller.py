@@ -65,7 +65,10 @@ def bench_routes(app: FastAPI) -> None:
     def commits(request: Request) -> list[dict[str, Any]]:
         controller = controller_of(request)
         log = getattr(controller.writer, "commits", [])  # none before commit 6e0091f
-        return [{"at": c.at, "updates": c.updates, "rows": c.rows} for c in list(log)]
+        return [
+            {"at": c.at, "updates": c.updates, "rows": c.rows, "started": getattr(c, "started", None)}
+            for c in list(log)
+        ]
 
 
 async def serve(port: int, overrides: dict[str, Any]) -> int:

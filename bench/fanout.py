@@ -50,6 +50,7 @@ from bench.harness import (
     ingest_rate,
     machine_info,
     peak_rss_mb,
+    persisted_at,
     quantile,
 )
 from controller.db import make_engine
@@ -76,6 +77,8 @@ class FanoutResult:
     received_99_s: float | None = None
     received_999_s: float | None = None
     received_100_s: float | None = None
+    received_999_persisted_s: float | None = None
+    """the time by which 99.9% of the N `received` were committed to the database (writer's log)"""
     completed_100_s: float | None = None
     acks_per_s: float | None = None
     resends: int | None = None
@@ -97,6 +100,8 @@ class FanoutResult:
     command_s: dict[int, float | None] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    commit_log: list[dict[str, Any]] = field(default_factory=list)
+    """the writer's batches committed after t0: when taken and committed (s after t0), rows written"""
 
     @property
     def all_completed(self) -> bool:
@@ -234,7 +239,13 @@ def read_command_times(workdir: Path, processes: int) -> dict[str, float]:
     return times
 
 
-def summarise(result: FanoutResult, rows: list[Delivery], t0: datetime, commands: dict[str, float]) -> None:
+def summarise(
+    result: FanoutResult,
+    rows: list[Delivery],
+    t0: datetime,
+    commands: dict[str, float],
+    commits: list[dict[str, Any]] | None = None,
+) -> None:
     n = result.terminals
 
     def since(at: datetime) -> float:
@@ -263,6 +274,12 @@ def summarise(result: FanoutResult, rows: list[Delivery], t0: datetime, commands
     result.received_90_s = quantile(received, 0.9, n)
     result.received_99_s = quantile(received, 0.99, n)
     result.received_999_s = quantile(received, 0.999, n)
+    if commits:
+        epoch = t0.timestamp()
+        persisted = persisted_at([epoch + r for r in received], commits)
+        result.received_999_persisted_s = quantile(
+            sorted(p - epoch for p in persisted if p is not None), 0.999, n
+        )
     epoch0 = t0.timestamp()
     got = sorted(at - epoch0 for at in commands.values())
     result.command_s = {q: quantile(got, q / 100, n) for q in (1, 50, 90, 99, 100)}
@@ -410,11 +427,21 @@ async def run_fanout(
         metrics = (await controller.client.get("/metrics")).text
         result.resends = metric_total(metrics, "cunxiang_delivery_retries_total")
         result.duplicates_ignored = metric_total(metrics, "cunxiang_delivery_transitions_ignored_total")
-        rate = ingest_rate(await controller.commits(), since=t0.timestamp())
+        commits = await controller.commits()
+        rate = ingest_rate(commits, since=t0.timestamp())
+        result.commit_log = [
+            {
+                "started": round(c["started"] - t0.timestamp(), 3) if c.get("started") else None,
+                "at": round(c["at"] - t0.timestamp(), 3),
+                "rows": c["rows"],
+            }
+            for c in commits
+            if c["at"] >= t0.timestamp()
+        ]
         result.acks_per_s, result.acks_committed, result.commit_batches = rate.per_s, rate.acks, rate.batches
         rows = await asyncio.to_thread(read_deliveries, database, broadcast_id)
         await asyncio.gather(*(end_process(p, 30.0) for p in processes))
-        summarise(result, rows, t0, read_command_times(workdir, len(processes)))
+        summarise(result, rows, t0, read_command_times(workdir, len(processes)), commits)
         if completed != n:
             print(
                 f"bench: timed out after {time.monotonic() - posted:.0f} s with {max(completed, 0)} of {n} "
@@ -467,6 +494,7 @@ def print_table(result: FanoutResult) -> None:
     print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     print()
     details = [
+        f"received 99.9% committed to the database by {_seconds(result.received_999_persisted_s)}",
         f"POST answered in {_seconds(result.post_s)}",
         f"region command published (PUBACK) by {_seconds(result.published_s)}",
         f"`received` first/50%/90% at {_seconds(result.first_received_s)} / "

@@ -2,6 +2,7 @@
 CPU and memory from /proc, and the arithmetic of the figures (kept pure, so it is unit-tested)."""
 
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -83,6 +84,19 @@ def ingest_rate(commits: list[dict[str, Any]], since: float, table: str = DELIVE
     span = last - first
     per_s = (acks - batches[0]["updates"][table]) / span if span > 0 else None
     return IngestRate(acks, len(batches), first, last, None if per_s is None else round(per_s))
+
+
+def persisted_at(times: list[float], commits: list[dict[str, Any]]) -> list[float | None]:
+    """When each update recorded at one of `times` (epoch s) was committed: by the first batch taken
+    at or after it (`started`, epoch s), which holds everything recorded before it was taken. None
+    for an update no commit (with a `started`) covers."""
+    taken = sorted((c["started"], c["at"]) for c in commits if c.get("started") is not None)
+    starts = [start for start, _at in taken]
+    found: list[float | None] = []
+    for t in times:
+        index = bisect.bisect_left(starts, t)
+        found.append(taken[index][1] if index < len(taken) else None)
+    return found
 
 
 # --- machine and processes --------------------------------------------------------------------
@@ -350,6 +364,8 @@ class ControllerProcess:
             await end_process(self.process, 30.0)
 
 
+MQTT_RECEIVE = "MQTT receive (controller.mqtt_client, devices.mqtt_wire; paho-mqtt, aiomqtt)"
+
 Categories = list[tuple[str, tuple[str, ...]]]
 """(name, substrings of frames that put a stack sample in it), first match wins"""
 
@@ -364,7 +380,7 @@ def controller_categories(*specific: tuple[str, tuple[str, ...]]) -> Categories:
         *specific,
         ("metrics (prometheus_client)", ("prometheus_client/",)),
         ("rest of handle_message (topic parsing, time)", ("handle_message (controller/service.py",)),
-        ("MQTT receive (paho-mqtt, aiomqtt)", ("paho/", "aiomqtt/")),
+        (MQTT_RECEIVE, ("controller/mqtt_client.py", "devices/mqtt_wire.py", "paho/", "aiomqtt/")),
         ("asyncio event loop", ("asyncio/",)),
     ]
 

@@ -5,7 +5,7 @@
 FILE is a JSON list of {"id": ..., "region": ...}. The terminals run until SIGTERM or SIGINT, then
 say goodbye and exit. Exit status 1 if they could not all connect within --connect-timeout.
 
-`--impl lean` (the default) runs them as `bench.lean` terminals: one paho-mqtt client per terminal,
+`--impl lean` (the default) runs them as `bench.lean` terminals: one MQTT connection per terminal,
 all served by one selector loop. `--impl aiomqtt` runs `simulator.runner.Fleet`, the simulator of
 `cunxiang simulate` (one aiomqtt client and asyncio tasks per terminal), which costs about three
 times the CPU per acknowledgement. Both speak protocol v1 and decide with `TerminalCore`.
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lean import LeanFleet, share_command_decoding
+from bench.lean import LeanFleet, share_command_decoding, share_command_verification
 from devices.broker import BrokerAddress
 from devices.signing import KeySet
 from devices.topics import TopicScheme
@@ -90,6 +90,7 @@ def run_lean(args: argparse.Namespace) -> int:
             times[terminal_id] = time.time()
 
     share_command_decoding()
+    share_command_verification()
     fleet = LeanFleet(
         specs,
         address.host,

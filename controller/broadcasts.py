@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import insert, or_
+from sqlalchemy import or_
 from sqlmodel import Session, col, func, select
 
 from controller.delivery import FINAL_STATES, UNCONFIRMED, DeliveryState
@@ -32,6 +32,7 @@ from controller.models import (
 )
 from controller.regions import missing_regions
 from controller.terminals import terminal_regions
+from controller.writer import insert_rows
 from devices.messages import (
     SUPERSEDES_MAX,
     AudioRef,
@@ -287,8 +288,9 @@ def accept(
         session.add(updates)
     session.flush()
     if target.reached:
-        session.execute(
-            insert(Delivery),
+        insert_rows(
+            session.connection(),
+            Delivery.__table__,  # type: ignore[attr-defined]
             [
                 {
                     "broadcast_id": command.id,

@@ -1,38 +1,28 @@
-"""The controller's MQTT connection; the only module that imports aiomqtt.
+"""The controller's MQTT session: the only module the rest of the controller reaches MQTT through.
 
 `MqttBus.run` keeps one connection alive (reconnecting with exponential backoff and jitter),
 announces the controller with a retained birth and a will on the same status topic, subscribes
 with a few wildcards, and hands each message to `on_message(topic, payload)`. The rest of the
 controller only sees `await bus.publish(...)` and that callback.
 
-Receiving is the controller's hot path (a county's acknowledgements arrive at once), and two
-things make it cheaper than aiomqtt's defaults, without changing what is received or in which
-order:
-
-- once connected, each message goes to `on_message` as paho-mqtt reads it (`_Inbox`, through
-  aiomqtt's `queue_type` hook), instead of through aiomqtt's queue and `messages` iterator, which
-  cost an asyncio task and a wait per message;
-- paho-mqtt reads each packet's fixed header one byte per `recv` call, so the connection's socket
-  is wrapped in `_BufferedSocket`, which reads up to 64 KB at a time and says how much it holds
-  (`pending()`, which aiomqtt already asks of TLS sockets), so that one readiness event of the
-  event loop reads every packet that has arrived.
-
-Together they more than halve the controller's CPU time per acknowledgement (docs/performance.md,
-`cunxiang bench ingest`).
+The connection itself is `controller.mqtt_client` (MQTT 3.1.1 on asyncio), which hands each message
+to `on_message` as it is read and acknowledges the messages of one read in one write: receiving
+is the controller's hot path (a county's acknowledgements arrive at once), and this costs a
+fraction of what aiomqtt on paho-mqtt did (docs/performance.md, `cunxiang bench ingest`).
+Messages that arrive while the session is being set up (retained statuses, after the SUBSCRIBE)
+are held until the bus is connected and `on_connected` has run (`_Inbox`), then handled in order.
 """
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Callable
-from typing import Any
-
-import aiomqtt
 
 from controller.metrics import Metrics
+from controller.mqtt_client import MqttConnection, MqttError, connect
 from devices.backoff import reconnect_delay
 from devices.broker import BrokerAddress
+from devices.mqtt_wire import Will
 
 log = logging.getLogger(__name__)
 
@@ -48,98 +38,33 @@ class BusUnavailable(Exception):
 StatusPayload = Callable[[str, int], bytes]
 OnMessage = Callable[[str, bytes], None]
 
-READ_SIZE = 65536
-
-
-class _BufferedSocket:
-    """A non-blocking socket whose `recv` is served from a buffer, filled at most once (up to
-    READ_SIZE bytes) per readiness event of the event loop.
-
-    aiomqtt's read callback calls paho's `loop_read` (one packet, or part of one) while `pending()`
-    is positive, and `pending()` returning 0 ends the callback. So the buffer may be refilled from
-    the socket only on the first `recv` after that; a later `recv` finding it empty says "no data"
-    (BlockingIOError), paho keeps the partial packet, and the socket, still readable, brings the
-    callback back on the next turn of the event loop. Each callback thus handles at most
-    READ_SIZE bytes (a few hundred acknowledgements) and the loop stays responsive.
-    """
-
-    __slots__ = ("_buffer", "_may_fill", "_position", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buffer = b""
-        self._position = 0
-        self._may_fill = True
-
-    def recv(self, bufsize: int) -> bytes:
-        if self._position >= len(self._buffer):
-            if not self._may_fill:
-                raise BlockingIOError
-            self._may_fill = False
-            data: bytes = self._sock.recv(max(bufsize, READ_SIZE))
-            if len(data) <= bufsize:
-                return data
-            self._buffer, self._position = data, 0
-        start = self._position
-        self._position = min(start + bufsize, len(self._buffer))
-        return self._buffer[start : self._position]
-
-    def pending(self) -> int:
-        left = len(self._buffer) - self._position
-        if left == 0:
-            self._may_fill = True
-        return left
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _buffer_reads(client: aiomqtt.Client) -> None:
-    """Wrap the connection's plain TCP socket in a `_BufferedSocket` (not TLS: it buffers already)."""
-    paho = getattr(client, "_client", None)
-    sock = getattr(paho, "_sock", None)
-    if sock is None or isinstance(sock, (ssl.SSLSocket, _BufferedSocket)) or not hasattr(sock, "recv"):
-        return
-    paho._sock = _BufferedSocket(sock)  # type: ignore[union-attr]
-
 
 class _Inbox:
-    """Where aiomqtt puts each message it receives (as its queue, through `queue_type`).
+    """Where the connection hands each message it reads.
 
-    Until `open()` the messages are held, as aiomqtt's own queue held them until the session loop
-    read it: those that arrive while the session is being set up (retained statuses, after the
-    SUBSCRIBE) are handled once the bus is connected, in order. From then on each is handed to
-    `on_message` as paho reads it, instead of through aiomqtt's queue and `messages` iterator,
-    which cost an asyncio task and a wait per message.
+    Until `open()` the messages are held: those that arrive while the session is being set up
+    (retained statuses, after the SUBSCRIBE) are handled once the bus is connected and
+    `on_connected` has run, in order. From then on each goes to `on_message` as it is read.
     """
 
     def __init__(self, on_message: OnMessage) -> None:
         self._on_message = on_message
-        self._held: list[aiomqtt.Message] | None = []
+        self._held: list[tuple[str, bytes]] | None = []
 
-    def put(self, message: aiomqtt.Message) -> None:
+    def put(self, topic: str, payload: bytes) -> None:
         if self._held is not None:
-            self._held.append(message)
+            self._held.append((topic, payload))
             return
         try:
-            self._on_message(str(message.topic), bytes(message.payload))
+            self._on_message(topic, payload)
         except Exception:
-            # Never into paho's read loop: aiomqtt would take it for a broken connection.
-            log.exception("failed to handle MQTT message on %s", message.topic)
+            # Never into the connection's read loop.
+            log.exception("failed to handle MQTT message on %s", topic)
 
     def open(self) -> None:
         held, self._held = self._held or [], None
-        for message in held:
-            self.put(message)
-
-    def queue_type(self) -> "type[asyncio.Queue[aiomqtt.Message]]":
-        inbox = self
-
-        class InboxQueue(asyncio.Queue[aiomqtt.Message]):
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                inbox.put(item)
-
-        return InboxQueue
+        for topic, payload in held:
+            self.put(topic, payload)
 
 
 class MqttBus:
@@ -167,7 +92,7 @@ class MqttBus:
         self._on_connected = on_connected
         self._metrics = metrics
         self._keepalive = keepalive
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttConnection | None = None
         self._session = 0
         self._connected = asyncio.Event()
         self._closing = False
@@ -188,57 +113,51 @@ class MqttBus:
             raise BusUnavailable("not connected to the MQTT broker")
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
-        except aiomqtt.MqttError as exc:
-            raise BusUnavailable(str(exc)) from exc
+        except MqttError as exc:
+            raise BusUnavailable(exc.reason) from exc
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         attempt = 0
         while not self._closing:
             self._session = int(time.time() * 1000)
-            will = aiomqtt.Will(
-                self._status_topic, self._status_payload("lost", self._session), qos=1, retain=True
-            )
+            will = Will(self._status_topic, self._status_payload("lost", self._session), qos=1, retain=True)
             inbox = _Inbox(self._on_message)
+            client: MqttConnection | None = None
             try:
-                async with aiomqtt.Client(
+                client = await connect(
                     self.address.host,
                     self.address.port,
+                    client_id=self._client_id,
+                    on_message=inbox.put,
+                    keepalive=self._keepalive,
+                    clean_session=False,
+                    will=will,
                     username=self.address.username,
                     password=self.address.password,
-                    identifier=self._client_id,
-                    clean_session=False,
-                    keepalive=self._keepalive,
-                    will=will,
-                    max_inflight_messages=1000,
+                    tls=self.address.tls,
+                    max_inflight=1000,
                     timeout=10,
-                    queue_type=inbox.queue_type(),
-                    tls_context=self.address.tls,
-                ) as client:
-                    # aiomqtt warns for every publish beyond 10 in flight; a county's alert has
-                    # thousands in flight by design, up to the in-flight window.
-                    client.pending_calls_threshold = 1000
-                    _buffer_reads(client)
-                    await client.publish(
-                        self._status_topic, self._status_payload("online", self._session), qos=1, retain=True
-                    )
-                    for topic in self._subscriptions:
-                        await client.subscribe(topic, qos=1)
-                    if attempt:
-                        self._metrics.mqtt_reconnects.inc()
-                    attempt = 0
-                    self._client = client
-                    self._metrics.mqtt_connected.set(1)
-                    self._connected.set()
-                    log.info("connected to MQTT broker %s as %s", self.address, self._client_id)
-                    self._on_connected()
-                    inbox.open()
-                    # Messages go to on_message as they are read (_Inbox); this only waits for
-                    # the connection to end, and raises MqttError when it does.
-                    async for message in client.messages:
-                        self._on_message(str(message.topic), bytes(message.payload))  # pragma: no cover
+                )
+                await client.publish(
+                    self._status_topic, self._status_payload("online", self._session), qos=1, retain=True
+                )
+                for topic in self._subscriptions:
+                    await client.subscribe(topic, qos=1)
+                if attempt:
+                    self._metrics.mqtt_reconnects.inc()
+                attempt = 0
+                self._client = client
+                self._metrics.mqtt_connected.set(1)
+                self._connected.set()
+                log.info("connected to MQTT broker %s as %s", self.address, self._client_id)
+                self._on_connected()
+                inbox.open()
+                # Messages go to on_message as they are read (_Inbox); this waits for the
+                # connection to end, and raises MqttError when it does.
+                await client.wait_closed()
             except Exception as exc:
-                if not isinstance(exc, aiomqtt.MqttError):
+                if not isinstance(exc, MqttError):
                     log.exception("unexpected error in the MQTT session")
                 self._lost()
                 attempt += 1
@@ -247,6 +166,8 @@ class MqttBus:
                 await asyncio.sleep(delay)
             finally:
                 self._lost()
+                if client is not None:
+                    client.disconnect()
 
     async def close(self) -> None:
         """Say goodbye (retained `offline`, so no will fires); cancelling `run` then disconnects cleanly."""
@@ -261,7 +182,7 @@ class MqttBus:
                     retain=True,
                     timeout=5,
                 )
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 log.warning("could not publish offline status: %s", exc)
 
     def _lost(self) -> None:

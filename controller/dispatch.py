@@ -71,7 +71,7 @@ class Dispatcher:
 
     async def retry_unpublished(self) -> None:
         """Region publishes (command or cancel) the broker did not take (called while connected)."""
-        for live, _unfinished in self._tracker.unfinished(now_utc()):
+        for live in self._tracker.unexpired(now_utc()):
             if live.state is BroadcastState.ACCEPTED:
                 await self.publish(live)
             elif live.state is BroadcastState.CANCELLING and not live.cancel_published:

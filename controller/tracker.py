@@ -148,6 +148,10 @@ class DeliveryTracker:
         self._live: dict[str, LiveBroadcast] = {}
         self._recently_over: OrderedDict[str, None] = OrderedDict()
         self._deliveries = Delivery.__table__  # type: ignore[attr-defined]
+        # Looked up once: a label lookup per acknowledgement is a measurable share of handling it.
+        self._transitions = {
+            state: metrics.delivery_transitions.labels(state.value) for state in DeliveryState
+        }
         self._broadcasts = Broadcast.__table__  # type: ignore[attr-defined]
 
     def track(self, broadcast: LiveBroadcast, at: datetime) -> None:
@@ -172,6 +176,11 @@ class DeliveryTracker:
         resumes after it; the other way round it would be refused as busy."""
         return [live for live in self._by_priority(now) if live.owes(terminal_id)]
 
+    def unexpired(self, now: datetime) -> list[LiveBroadcast]:
+        """Unexpired live broadcasts, lowest priority first (without going through their terminals,
+        which `unfinished` does for every one: once a second, for a county, that adds up)."""
+        return self._by_priority(now)
+
     def _by_priority(self, now: datetime) -> list[LiveBroadcast]:
         unexpired = [live for live in self._live.values() if now < live.expires_at]
         return sorted(unexpired, key=lambda live: live.priority)
@@ -187,21 +196,39 @@ class DeliveryTracker:
         if terminal_ids is None and live.state is BroadcastState.ACCEPTED:
             live.state = BroadcastState.ACTIVE
             self._writer.update(self._broadcasts, (live.id,), {"state": live.state.value})
-        for terminal_id in terminal_ids if terminal_ids is not None else list(live.states):
-            if live.states.get(terminal_id) is DeliveryState.PENDING:
+        targets = terminal_ids if terminal_ids is not None else list(live.states)
+        states = live.states
+        pending = [t for t in targets if states.get(t) is DeliveryState.PENDING]
+        if terminal_ids is None and live.state is BroadcastState.ACTIVE:
+            # What `_move` does for pending → sent of an active broadcast (still awaited, not
+            # final, nothing to clear), once for all: a county's region publish moves thousands
+            # at once, and the acknowledgements wait behind it. In the database, one UPDATE of
+            # the broadcast's rows still `pending` (the rows pending here are pending there: the
+            # database is never ahead of memory); a row that moved on here in the meantime gets
+            # the publish's `sent_at` too, then its own later state.
+            for terminal_id in pending:
+                states[terminal_id] = DeliveryState.SENT
+            if pending:
+                values = {"state": DeliveryState.SENT.value, "updated_at": at, "sent_at": at}
+                where = {"broadcast_id": live.id, "state": DeliveryState.PENDING.value}
+                self._writer.update_where(self._deliveries, where, values, count=len(pending))
+                self._transitions[DeliveryState.SENT].inc(len(pending))
+        else:
+            for terminal_id in pending:
                 self._move(live, terminal_id, DeliveryState.SENT, at)
-        self.schedule_retries(live, terminal_ids if terminal_ids is not None else list(live.states), at)
+        self.schedule_retries(live, targets, at)
 
     def schedule_retries(self, live: LiveBroadcast, terminal_ids: list[str], at: datetime) -> None:
         """After a send (or a failed attempt): when to try each terminal again if it stays silent."""
         # A big broadcast's acknowledgements take a while to get through the broker and this
         # process: retrying before they could have would only add to the queue they wait in.
         first = self._retry_after + len(live.states) / EXPECTED_ACKS_PER_S
+        retries, awaits = live.retries, live.awaits
         for terminal_id in terminal_ids:
-            if live.awaits(terminal_id):
-                sends = live.retries.get(terminal_id, (0, at))[0] + 1
+            if awaits(terminal_id):
+                sends = retries[terminal_id][0] + 1 if terminal_id in retries else 1
                 delay = backoff_delay(sends, first, self._retry_max)
-                live.retries[terminal_id] = (sends, at + timedelta(seconds=delay))
+                retries[terminal_id] = (sends, at + timedelta(seconds=delay))
 
     def cancel(self, live: LiveBroadcast, payload: bytes, cancel_id: str, at: datetime) -> None:
         """From now on send `payload` (the cancel) instead of the command; whoever has not
@@ -317,7 +344,7 @@ class DeliveryTracker:
         if live.final(new) and not live.final(old):
             live.open -= 1
         self._writer.update(self._deliveries, (live.id, terminal_id), values)
-        self._metrics.delivery_transitions.labels(new.value).inc()
+        self._transitions[new].inc()
         if live.over:
             self._finish(live, at)
 

@@ -336,8 +336,31 @@ def encode(message: WireModel) -> bytes:
 M = TypeVar("M", bound=WireModel)
 
 
+_AS_ENCODED = b'{"v":1,'
+_FAST_MAX = 4096
+"""bytes: shorter than any number Python's own JSON parser refuses (sys.get_int_max_str_digits)"""
+
+
 def decode(model: type[M], payload: bytes | bytearray | str) -> M:
-    """Decode a payload; raises PayloadError with a metric-safe `reason` and a readable detail."""
+    """Decode a payload; raises PayloadError with a metric-safe `reason` and a readable detail.
+
+    A payload in the form `encode` writes (it starts `{"v":1,`, names `v` nowhere else, has no
+    escapes and at most `_FAST_MAX` bytes) is validated straight from its bytes, which takes about
+    half the time (a controller decodes a county's acknowledgements at once): its version is then
+    the integer 1, as `_load` requires, and the result is what the general path gives. Anything
+    else, and any payload that fails there, takes the general path, which says why it fails.
+    """
+    if (
+        type(payload) is bytes
+        and len(payload) <= _FAST_MAX
+        and payload.startswith(_AS_ENCODED)
+        and payload.count(b'"v"') == 1
+        and b"\\" not in payload
+    ):
+        try:
+            return model.model_validate_json(payload)
+        except ValidationError:
+            pass
     return _validate(model, _load(payload))
 
 

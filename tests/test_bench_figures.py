@@ -1,14 +1,9 @@
 """The benchmarks' arithmetic (quantiles, the ingest rate from the writer's commit log, the profile
-summary), and the two pieces of the controller's MQTT receive path they led to: the buffered
-socket and the inbox."""
-
-import aiomqtt
-import pytest
+summary). The controller's MQTT receive path they led to is tested in test_mqtt_client.py."""
 
 from bench import ingest
 from bench.fanout import metric_total
-from bench.harness import ingest_rate, quantile, summarise_profile
-from controller.bus import READ_SIZE, _BufferedSocket, _Inbox
+from bench.harness import MQTT_RECEIVE, ingest_rate, persisted_at, quantile, summarise_profile
 
 
 def test_quantile_is_the_time_by_which_that_share_of_all_n_had_happened() -> None:
@@ -73,83 +68,8 @@ def test_profile_summary_puts_each_sample_in_its_first_matching_category() -> No
     categories = summary["by_category_pct"]
     assert categories["database writer thread (SQLAlchemy, sqlite3)"] == 50.0
     assert categories["decoding and validating acks (devices.messages)"] == 37.5
-    assert categories["MQTT receive (paho-mqtt, aiomqtt)"] == 12.5
+    assert categories[MQTT_RECEIVE] == 12.5
     assert summary["top_functions_pct"]["execute (sqlalchemy/x.py)"] == 50.0
-
-
-class FakeSocket:
-    """A non-blocking socket holding `chunks` to be received, one per recv call at most."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.asked: list[int] = []
-
-    def recv(self, bufsize: int) -> bytes:
-        self.asked.append(bufsize)
-        if not self.chunks:
-            raise BlockingIOError
-        chunk = self.chunks.pop(0)
-        head, rest = chunk[:bufsize], chunk[bufsize:]
-        if rest:
-            self.chunks.insert(0, rest)
-        return head
-
-    def fileno(self) -> int:
-        return 42
-
-
-def test_buffered_socket_serves_small_reads_from_one_large_read() -> None:
-    raw = FakeSocket([b"abcdef"])
-    sock = _BufferedSocket(raw)
-    assert [sock.recv(1), sock.recv(2), sock.recv(10)] == [b"a", b"bc", b"def"]
-    assert raw.asked == [READ_SIZE]
-    assert sock.fileno() == 42
-
-
-def test_buffered_socket_reads_the_socket_once_per_readiness_event() -> None:
-    raw = FakeSocket([b"ab", b"cd"])
-    sock = _BufferedSocket(raw)
-    assert sock.recv(1) == b"a"
-    assert sock.pending() == 1
-    assert sock.recv(5) == b"b"
-    with pytest.raises(BlockingIOError):
-        sock.recv(1)  # empty, and already filled during this event: "no data" until the next one
-    assert sock.pending() == 0  # aiomqtt's read callback ends here...
-    assert sock.recv(1) == b"c"  # ...and the next one may read the socket again
-    assert raw.asked == [READ_SIZE, READ_SIZE]
-
-
-def test_buffered_socket_reports_the_end_of_the_connection() -> None:
-    class Closed(FakeSocket):
-        def recv(self, bufsize: int) -> bytes:
-            return b""
-
-    assert _BufferedSocket(Closed([])).recv(1) == b""
-
-
-def test_inbox_holds_messages_until_the_bus_is_connected_then_hands_them_over_in_order() -> None:
-    seen: list[tuple[str, bytes]] = []
-    inbox = _Inbox(lambda topic, payload: seen.append((topic, payload)))
-    queue = inbox.queue_type()()
-    queue.put_nowait(
-        aiomqtt.Message("cx/v1/terminal/a/status", b"1", qos=1, retain=True, mid=1, properties=None)
-    )
-    assert seen == []
-    inbox.open()
-    queue.put_nowait(
-        aiomqtt.Message("cx/v1/terminal/a/ack", b"2", qos=1, retain=False, mid=2, properties=None)
-    )
-    assert seen == [("cx/v1/terminal/a/status", b"1"), ("cx/v1/terminal/a/ack", b"2")]
-    assert queue.qsize() == 0
-
-
-def test_inbox_keeps_a_failing_handler_out_of_the_read_loop() -> None:
-    def fail(_topic: str, _payload: bytes) -> None:
-        raise RuntimeError("a defect of ours")
-
-    inbox = _Inbox(fail)
-    inbox.open()
-    inbox.put(aiomqtt.Message("cx/v1/terminal/a/ack", b"x", qos=1, retain=False, mid=1, properties=None))
 
 
 def test_metric_total_reads_an_unlabelled_counter_and_not_its_namesakes() -> None:
@@ -161,3 +81,12 @@ def test_metric_total_reads_an_unlabelled_counter_and_not_its_namesakes() -> Non
     )
     assert metric_total(exposition, "cunxiang_delivery_retries_total") == 1234
     assert metric_total(exposition, "cunxiang_missing_total") is None
+
+
+def test_an_update_counts_as_persisted_by_the_first_batch_taken_after_it() -> None:
+    commits = [
+        {"started": 10.0, "at": 10.5, "updates": {}, "rows": {}},
+        {"started": 10.6, "at": 11.0, "updates": {}, "rows": {}},
+    ]
+    # 10.2 was recorded while the first batch was being written: it is in the second.
+    assert persisted_at([9.9, 10.0, 10.2, 10.6, 10.7], commits) == [10.5, 10.5, 11.0, 11.0, None]

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from bench import heartbeats
-from bench.harness import summarise_profile
+from bench.harness import MQTT_RECEIVE, summarise_profile
 from bench.heartbeat_publisher import FAULTS, Beat, fault_indices, heartbeat, plan
 from bench.heartbeats import core_share, metric_value, per_100k, rows_updated
 from controller.alarms import Thresholds, faults_in
@@ -121,5 +121,5 @@ def test_profile_summary_counts_a_sample_in_the_heartbeat_path_it_is_in() -> Non
     assert summary["by_category_pct"] == {
         "decoding and validating (decode_heartbeat, pydantic)": 60.0,
         "metrics (prometheus_client)": 20.0,
-        "MQTT receive (paho-mqtt, aiomqtt)": 20.0,
+        MQTT_RECEIVE: 20.0,
     }

@@ -574,3 +574,29 @@ def test_exercises_and_tests_are_announced_in_the_contents_language() -> None:
     assert announcement(BroadcastStatus.EXERCISE, "zh-CN") == "演练，演练。以下是应急演练信息。"
     assert announcement(BroadcastStatus.TEST, "en") == "This is a test. This is only a test."
     assert announcement(BroadcastStatus.EXERCISE, "bo") == "演练，演练。以下是应急演练信息。"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v":1,"\\u0076":true,"command_id":"b20261127x0001","terminal_id":"t-1","stage":"received",'
+        b'"at":"2026-11-27T05:00:00Z"}',  # a second, escaped `v`
+        b'{"v":1,"v":1.0,"command_id":"b20261127x0001","terminal_id":"t-1","stage":"received",'
+        b'"at":"2026-11-27T05:00:00Z"}',
+        b'{"v":1,"command_id":"b20261127x0001","terminal_id":"t-1","stage":"received",'
+        b'"at":"2026-11-27T05:00:00Z","x":' + b"1" * 5000 + b"}",  # more digits than Python converts
+    ],
+)
+def test_decode_in_encodes_form_refuses_what_the_general_path_refuses(payload: bytes) -> None:
+    with pytest.raises(PayloadError) as fast:
+        decode(Ack, payload)
+    with pytest.raises(PayloadError) as general:
+        decode(Ack, payload.decode())  # a str always takes the general path
+    assert (fast.value.reason, fast.value.detail) == (general.value.reason, general.value.detail)
+
+
+def test_decode_in_encodes_form_gives_what_the_general_path_gives() -> None:
+    ack = Ack(command_id="b20261127x0001", terminal_id="t-1", stage=AckStage.PLAYING, at=T0)
+    payload = encode(ack)
+    assert payload.startswith(b'{"v":1,')
+    assert decode(Ack, payload) == decode(Ack, payload.decode()) == ack

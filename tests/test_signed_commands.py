@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.signing_keys import SigningKeys
@@ -214,3 +215,30 @@ async def test_each_terminal_reports_its_clock_skew_and_the_api_shows_it(live: L
         await eventually(reported)
     found = (await live.http.get(f"/api/v1/terminals/{specs[0].terminal_id}")).json()
     assert abs(found["telemetry"]["clock_skew_s"]) < 5  # one machine: network delay only
+
+
+def test_bench_terminals_sharing_verification_answer_as_each_would_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import devices.terminal_core
+    from bench.lean import share_command_verification
+
+    original = refusal
+    monkeypatch.setattr(devices.terminal_core, "refusal", original)  # restored after the test
+    share_command_verification()
+    shared = getattr(devices.terminal_core, "refusal")  # noqa: B009
+    assert shared is not original
+    window = timedelta(minutes=5)
+    genuine = TEST_SIGNER.sign(make_command(), NOW)
+    forged = FORGER.sign(make_command(), NOW)
+    unsigned = make_command()
+    for message in (genuine, forged, unsigned):
+        for now in (NOW, NOW + timedelta(minutes=4), NOW + timedelta(minutes=6), NOW - timedelta(minutes=6)):
+            for _ in range(2):  # the second time from the memo
+                assert shared(message, TEST_KEYS, now, window) == original(message, TEST_KEYS, now, window)
+    other_keys = KeySet(keys=[key.model_copy(update={"kid": "other"}) for key in TEST_KEYS.keys])
+    assert (
+        shared(genuine, other_keys, NOW, window)
+        == original(genuine, other_keys, NOW, window)
+        == "unknown_key"
+    )

@@ -1,17 +1,19 @@
 """The batched writer and the presence tracker, against a real database."""
 
 import random
-from datetime import UTC, datetime
+import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import inspect, text
-from sqlmodel import Session
+from sqlalchemy.dialects import sqlite
+from sqlmodel import Session, select
 
 from controller.db import init_schema, make_engine
 from controller.metrics import Metrics
-from controller.models import Terminal
+from controller.models import Terminal, UTCDateTime
 from controller.presence import STALE_SESSION, PresenceTracker
-from controller.writer import DbWriter
+from controller.writer import DbWriter, _sqlite_utc
 from devices.backoff import BACKOFF_MAX_S, reconnect_delay
 from devices.messages import Presence, TerminalStatus
 
@@ -100,3 +102,43 @@ def test_schema_gains_columns_added_since_the_database_was_created(database_url:
     }
     engine.dispose()
     assert "cancel_command" in columns["broadcast"] and "by_command" in columns["delivery"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 11, 27, 5, 0, 1, 123456, tzinfo=UTC),
+        datetime(2026, 11, 27, 5, 0, 1, tzinfo=UTC),  # no microseconds: isoformat leaves them out
+        datetime(2026, 11, 27, 13, 0, 1, 5, tzinfo=timezone(timedelta(hours=8))),
+    ],
+)
+def test_the_writers_utc_shortcut_stores_what_the_column_type_and_driver_did(value: datetime) -> None:
+    dialect = sqlite.dialect()
+    general = UTCDateTime().bind_processor(dialect)
+    converted = general(value) if general is not None else value
+    with sqlite3.connect(":memory:") as db:  # the driver's own datetime adapter
+        stored = db.execute("SELECT ?", (converted,)).fetchone()[0]
+    assert _sqlite_utc(value) == stored
+    with pytest.raises(ValueError):
+        _sqlite_utc(value.replace(tzinfo=None))
+
+
+async def test_an_update_of_every_matching_row_runs_before_the_row_updates_of_its_batch(
+    writer: DbWriter,
+) -> None:
+    table = Terminal.__table__  # type: ignore[attr-defined]
+    with Session(writer.engine) as session:
+        session.add(Terminal(id="t-3", region_code="421202100001"))
+        session.commit()
+    writer.update(table, ("t-1",), {"name": "row update recorded first"})
+    writer.update_where(table, {"region_code": "421202100001"}, {"name": "every row"}, count=3)
+    writer.update(table, ("t-2",), {"name": "row update recorded after"})
+    await writer.flush()
+    with Session(writer.engine) as session:
+        names = {t.id: t.name for t in session.exec(select(Terminal)).all()}
+    assert names == {
+        "t-1": "row update recorded first",
+        "t-2": "row update recorded after",
+        "t-3": "every row",
+    }
+    assert writer.commits[-1].updates == {"terminal": 5}
