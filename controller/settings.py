@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     county_region: str = "421202"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    ack_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    ack_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 500
     ack_batch_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.05
     expiry_sweep_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     retry_after_s: Annotated[float, Field(gt=0, le=600)] = 3.0
