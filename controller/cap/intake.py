@@ -363,9 +363,9 @@ def _add(
     return message
 
 
-def _key(alert: CapAlert) -> str:
+def _key(message: CapAlert | CapReference) -> str:
     # Neither part may contain a space (CAP's rules, checked when it is read): a space separates them.
-    return f"{alert.sender} {alert.identifier}"
+    return f"{message.sender} {message.identifier}"
 
 
 def _earlier(session: Session, sha256: str, include_rejected: bool) -> CapReceipt | None:
@@ -381,25 +381,27 @@ def _by_key(session: Session, key: str) -> CapMessage | None:
     return session.exec(select(CapMessage).where(CapMessage.key == key)).first()
 
 
-def _known(session: Session, references: Iterable[CapReference]) -> list[CapReference]:
-    """The stored messages the references name (by sender and identifier), as references."""
-    keys = [f"{r.sender} {r.identifier}" for r in references]
+def _referenced(session: Session, references: Iterable[CapReference]) -> list[CapMessage]:
+    """The stored messages the references name, by sender and identifier."""
+    keys = [_key(r) for r in references]
     if not keys:
         return []
-    rows = session.exec(select(CapMessage).where(col(CapMessage.key).in_(keys))).all()
+    return list(session.exec(select(CapMessage).where(col(CapMessage.key).in_(keys))).all())
+
+
+def _known(session: Session, references: Iterable[CapReference]) -> list[CapReference]:
+    """The stored messages the references name, as references."""
     return [
         CapReference(sender=row.sender, identifier=row.identifier, sent=row.sent)
-        for row in rows
+        for row in _referenced(session, references)
         if row.sender is not None and row.identifier is not None and row.sent is not None
     ]
 
 
 def _heads(session: Session, references: Iterable[CapReference]) -> list[Broadcast]:
     """The newest broadcast of each lineage the referenced messages began or continued, newest first."""
-    keys = [f"{r.sender} {r.identifier}" for r in references]
-    rows = session.exec(select(CapMessage).where(col(CapMessage.key).in_(keys))).all()
     heads: dict[str, Broadcast] = {}
-    for row in rows:
+    for row in _referenced(session, references):
         for broadcast_id in row.broadcasts:
             head = head_of(session, broadcast_id)
             if head is not None:
