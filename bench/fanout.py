@@ -60,8 +60,6 @@ from controller.regions import villages_under
 from simulator.fleet import SimulatedSpec, fleet_for_villages
 
 COUNTY = "4212"
-TERMINALS_PER_PROCESS = 2000
-MAX_PROCESSES = 2
 POLL_INTERVAL_S = 0.2
 SETTLE_S = 5.0
 REGISTER_CHUNK = 5000
@@ -122,8 +120,8 @@ def choose_fleet(villages: list[str], n: int) -> list[SimulatedSpec]:
     return fleet_for_villages(villages, per_village)[:n]
 
 
-def split(specs: list[SimulatedSpec]) -> list[list[SimulatedSpec]]:
-    parts = min(MAX_PROCESSES, max(1, math.ceil(len(specs) / TERMINALS_PER_PROCESS)))
+def split(specs: list[SimulatedSpec], processes: int) -> list[list[SimulatedSpec]]:
+    parts = max(1, min(processes, len(specs)))
     return [specs[i::parts] for i in range(parts)]
 
 
@@ -136,9 +134,10 @@ async def start_terminals(
     timeout: float,
     impl: str,
     keyset: Path,
+    process_count: int = 1,
 ) -> list[asyncio.subprocess.Process]:
     processes = []
-    for index, part in enumerate(split(specs)):
+    for index, part in enumerate(split(specs, process_count)):
         ids_file = workdir / f"terminals-{index}.json"
         ids_file.write_text(json.dumps([{"id": s.terminal_id, "region": s.region} for s in part]))
         processes.append(
@@ -341,6 +340,7 @@ async def run_fanout(
     workdir: Path,
     impl: str = "lean",
     poll: str = "bench",
+    terminal_processes: int = 1,
 ) -> FanoutResult:
     result = FanoutResult(terminals=n, broker=broker, playback_s=playback, terminal_impl=impl, poll=poll)
     result.machine = machine_info(broker, mosquitto_url)
@@ -390,6 +390,7 @@ async def run_fanout(
             connect_timeout,
             impl,
             controller.keyset_path,
+            terminal_processes,
         )
         print(
             f"bench: {n} terminals ({impl}) in {len(processes)} process(es) connecting to "
@@ -545,6 +546,9 @@ def run_fanout_cli(args: argparse.Namespace) -> int:
     if args.playback <= 0:
         print("--playback must be positive", file=sys.stderr)
         return 2
+    if getattr(args, "terminal_processes", 1) < 1:
+        print("--terminal-processes must be at least 1", file=sys.stderr)
+        return 2
     if args.mosquitto_url is not None and args.broker != "mosquitto":
         print("--mosquitto-url goes with --broker mosquitto", file=sys.stderr)
         return 2
@@ -559,6 +563,7 @@ def run_fanout_cli(args: argparse.Namespace) -> int:
                     Path(workdir),
                     impl=getattr(args, "terminal_impl", "lean"),
                     poll=getattr(args, "poll", "bench"),
+                    terminal_processes=getattr(args, "terminal_processes", 1),
                 )
             )
     except MosquittoMissing as exc:

@@ -159,16 +159,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def machine_busy_seconds() -> tuple[float, float] | None:
-    """CPU time spent by the whole machine so far, all cores, and the part of it in interrupts
-    (irq + softirq: with everything on one machine, mostly loopback TCP), from Linux /proc/stat."""
+def machine_busy_seconds() -> tuple[float, float, float] | None:
+    """CPU time spent by the whole machine so far, all cores; the part of it in interrupts (irq +
+    softirq: with everything on one machine, mostly loopback TCP); and the time the hypervisor gave
+    a virtual machine's cores to someone else (steal): from Linux /proc/stat."""
     try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()
     except (OSError, IndexError):
         return None
     ticks = [int(v) for v in first[1:9]]
     idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / _TICKS, (ticks[5] + ticks[6]) / _TICKS
+    return (sum(ticks) - idle) / _TICKS, (ticks[5] + ticks[6]) / _TICKS, ticks[7] / _TICKS
 
 
 def all_processes() -> dict[int, tuple[str, float]]:
@@ -199,7 +200,7 @@ def peak_rss_mb(pid: int) -> float | None:
 @dataclass
 class CpuSnapshot:
     groups: dict[str, float | None]
-    machine: tuple[float, float] | None
+    machine: tuple[float, float, float] | None
     processes: dict[int, tuple[str, float]]
 
 
@@ -213,6 +214,7 @@ def cpu_snapshot(pids: dict[str, list[int]]) -> CpuSnapshot:
 
 def cpu_used(before: CpuSnapshot, after: CpuSnapshot, pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds between two snapshots: per process group of ours, in interrupts (`kernel irq`),
+    taken by the hypervisor (`stolen by the hypervisor`: a disturbed run on a virtual machine),
     by every other process (`other processes`), and the busiest other one by name."""
     used: dict[str, float] = {}
     for name, start in before.groups.items():
@@ -229,6 +231,7 @@ def cpu_used(before: CpuSnapshot, after: CpuSnapshot, pids: dict[str, list[int]]
             if delta > 0:
                 others[name] = others.get(name, 0.0) + delta
         used["kernel irq"] = round(after.machine[1] - before.machine[1], 2)
+        used["stolen by the hypervisor"] = round(after.machine[2] - before.machine[2], 2)
         used["other processes"] = round(sum(others.values()), 2)
         if others:
             busiest = max(others, key=lambda n: others[n])

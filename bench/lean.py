@@ -122,6 +122,12 @@ KEEPALIVE_S = 60
 READ_SIZE = 65536
 
 
+TIMERS_PER_TURN = 64
+"""due timers run between two looks at the sockets: thousands of playbacks that start at once must
+not keep every other terminal of the process from reading its command meanwhile, as they would
+not keep real terminals, each on its own CPU"""
+
+
 class Reactor:
     """A selector over the terminals' sockets and a heap of timers, run in one thread."""
 
@@ -144,7 +150,9 @@ class Reactor:
             if mask & selectors.EVENT_READ and terminal.sock is not None:
                 terminal.readable()
         now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
+        for _ in range(TIMERS_PER_TURN):
+            if not self._timers or self._timers[0][0] > now:
+                break
             _, _, fn = heapq.heappop(self._timers)
             fn()
 

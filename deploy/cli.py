@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated terminals: paho-mqtt clients on one selector loop, or the aiomqtt simulator",
     )
     fanout.add_argument(
+        "--terminal-processes",
+        type=int,
+        default=1,
+        help="processes the simulated terminals are spread over (default 1: the simulation takes at "
+        "most one of the cores the controller and the broker need)",
+    )
+    fanout.add_argument(
         "--poll",
         choices=("bench", "public"),
         default="bench",

@@ -9,6 +9,8 @@ subscribed to that region) or to `terminal/<id>/cmd` (retries). Terminals publis
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
+from typing import NamedTuple
 
 from devices import PROTOCOL_VERSION
 from devices.errors import TopicError
@@ -25,8 +27,10 @@ class TerminalChannel(StrEnum):
     ACK = "ack"
 
 
-@dataclass(frozen=True)
-class TerminalTopic:
+_CHANNELS = {channel.value: channel for channel in TerminalChannel}
+
+
+class TerminalTopic(NamedTuple):
     """A parsed `terminal/<id>/<channel>` topic."""
 
     terminal_id: str
@@ -81,18 +85,25 @@ class TopicScheme:
         """The controller's wildcard subscriptions: every terminal's status, heartbeats and acks."""
         return [f"{self.root}/terminal/+/{channel}" for channel in TerminalChannel]
 
+    @cached_property
+    def _terminals_root(self) -> str:
+        return f"{self.root}/terminal/"
+
     def parse_terminal_topic(self, topic: str) -> TerminalTopic:
-        """Parse a topic the controller received; raises TopicError for anything else."""
-        parts = topic.split("/")
-        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != self.root or parts[2] != "terminal":
+        """Parse a topic the controller received; raises TopicError for anything else.
+
+        (Once per message a county sends: the prefix is compared and the channel looked up
+        without building strings or calling the enum.)"""
+        root = self._terminals_root
+        terminal_id, slash, channel = topic[len(root) :].partition("/")
+        if not topic.startswith(root) or not slash or "/" in channel:
             raise TopicError("unexpected_topic", f"not a terminal topic of {self.root}: {topic!r}")
-        terminal_id, channel = parts[3], parts[4]
         if not is_terminal_id(terminal_id):
             raise TopicError("bad_terminal_id", f"malformed terminal id in {topic!r}")
-        try:
-            return TerminalTopic(terminal_id, TerminalChannel(channel))
-        except ValueError:
-            raise TopicError("unexpected_topic", f"unknown channel {channel!r} in {topic!r}") from None
+        known = _CHANNELS.get(channel)
+        if known is None:
+            raise TopicError("unexpected_topic", f"unknown channel {channel!r} in {topic!r}")
+        return TerminalTopic(terminal_id, known)
 
     def _terminal(self, terminal_id: str, channel: str) -> str:
         if not is_terminal_id(terminal_id):
