@@ -6,6 +6,7 @@ import hashlib
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -436,6 +437,9 @@ async def test_an_alert_effective_later_goes_out_at_that_time(
         (broadcast_id,) = answer.json()["broadcasts"]
         made = await broadcast(live, broadcast_id)
         assert made.not_before is not None and answer.json()["state"] == "accepted"
+        page = await live.http.get(f"/broadcasts/{broadcast_id}", headers={"Accept-Language": "en"})
+        shown = made.not_before.astimezone(ZoneInfo(live.controller.settings.timezone))
+        assert f'<dd id="goes-out-at">{shown:%Y-%m-%d %H:%M:%S}</dd>' in page.text, page.text
         early = await live.report(broadcast_id)
         assert early["counts"].get("received", 0) == 0 and early["counts"].get("completed", 0) == 0
         await live.report_when(broadcast_id, lambda r: r["counts"].get("completed", 0) == 2)
