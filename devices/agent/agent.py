@@ -55,7 +55,9 @@ class Agent:
         self.core = TerminalCore(config.terminal_id, config.keys(), window=config.window)
         self._answered = AnsweredFile(config.state_dir)
         self.core.recall(self._answered.load())
-        self._audio = AudioCache(config.state_dir / "audio", config.download_timeout_s)
+        self._audio = AudioCache(
+            config.state_dir / "audio", config.download_timeout_s, config.cache_limit_bytes
+        )
         self._player = Player(config, config.state_dir / "speech")
         self._client: aiomqtt.Client | None = None
         self._playing: tuple[str, asyncio.Task[None]] | None = None

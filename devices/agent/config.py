@@ -66,12 +66,19 @@ class AgentConfig(BaseModel):
     signal_command: Argv | None = None
     """prints the signal strength in dBm (e.g. from mmcli), for heartbeats"""
     download_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    cache_mb: Annotated[int, Field(ge=1)] = 1024
+    """downloaded audio and synthesised speech kept, each at most this many MB (10^6 bytes): the
+    files played longest ago are removed first, never the one about to play"""
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
         return self
+
+    @property
+    def cache_limit_bytes(self) -> int:
+        return self.cache_mb * 1_000_000
 
     @property
     def window(self) -> timedelta:

@@ -3,7 +3,8 @@
 The controller serves media with range requests, so a download cut off on a poor link resumes
 where it stopped (`Range: bytes=<have>-`) on the next attempt rather than starting over. A file is
 played only once its size and SHA-256 are those the signed command names; it is then kept under
-its SHA-256, so a programme played every day is downloaded once.
+its SHA-256, so a programme played every day is downloaded once, and the directory is kept within
+its limit by dropping what was played longest ago (`devices.agent.cache`).
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from devices.agent.cache import keep_within, used
 from devices.backoff import backoff_delay
 from devices.messages import AudioRef
 
@@ -31,16 +33,19 @@ class FetchFailed(Exception):
 
 
 class AudioCache:
-    """Verified audio files in `directory`, each named by its SHA-256."""
+    """Verified audio files in `directory`, each named by its SHA-256, at most `limit_bytes` of them
+    (beside the one just fetched)."""
 
-    def __init__(self, directory: Path, timeout_s: float) -> None:
+    def __init__(self, directory: Path, timeout_s: float, limit_bytes: int) -> None:
         self.directory = directory
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0))
+        self._limit = limit_bytes
 
     async def get(self, audio: AudioRef) -> Path:
         """The verified file, from the cache or downloaded (up to ATTEMPTS tries, each resuming)."""
         path = self.directory / audio.sha256
         if path.is_file() and path.stat().st_size == audio.size:
+            used(path)
             return path
         self.directory.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, ATTEMPTS + 1):
@@ -54,6 +59,7 @@ class AudioCache:
                 await asyncio.sleep(backoff_delay(attempt))
         await asyncio.to_thread(_verify, path.with_suffix(".part"), audio)
         path.with_suffix(".part").replace(path)
+        await asyncio.to_thread(keep_within, self.directory, self._limit, path)
         return path
 
     async def _download(self, audio: AudioRef, partial: Path) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+from devices.agent.cache import keep_within, used
 from devices.agent.config import AgentConfig, fill
 from devices.audio import sniff
 from devices.voices import SpeechFailed, voice_for
@@ -29,7 +30,8 @@ class PlaybackFailed(Exception):
 
 
 class Player:
-    """Runs the configured commands; speech is kept in `speech_dir`, so a text is synthesised once."""
+    """Runs the configured commands; speech is kept in `speech_dir`, so a text is synthesised once
+    (within the configured limit, the speech played longest ago dropped first)."""
 
     def __init__(self, config: AgentConfig, speech_dir: Path) -> None:
         self._config = config
@@ -45,6 +47,7 @@ class Player:
         key = hashlib.sha256("\n".join([*template, voice, text]).encode()).hexdigest()
         path = self._speech_dir / f"{key}.wav"
         if path.is_file():
+            used(path)
             return path
         self._speech_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part.wav")
@@ -53,6 +56,7 @@ class Player:
         if not partial.is_file() or partial.stat().st_size == 0:
             raise PlaybackFailed(f"{command[0]} wrote no speech")
         partial.replace(path)
+        await asyncio.to_thread(keep_within, self._speech_dir, self._config.cache_limit_bytes, path)
         return path
 
     async def play(self, path: Path) -> None:
