@@ -96,6 +96,9 @@ class FanoutResult:
     polls: list[float] = field(default_factory=list)
     final_report_s: float | None = None
     command_s: dict[int, float | None] = field(default_factory=dict)
+    handling_lag_s: dict[float, float | None] = field(default_factory=dict)
+    """per terminal, from taking the command off its connection to the controller handling its
+    `received`: quantiles 50, 99, 99.9 (the controller's and the broker's part of the figure)"""
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     commit_log: list[dict[str, Any]] = field(default_factory=list)
@@ -109,6 +112,7 @@ class FanoutResult:
         data = asdict(self)
         data["polls"] = {"count": len(self.polls), "total_s": round(sum(self.polls), 3)}
         data["command_s"] = {f"{q}%": v for q, v in self.command_s.items()}
+        data["handling_lag_s"] = {f"{q}%": v for q, v in self.handling_lag_s.items()}
         return data
 
 
@@ -253,7 +257,9 @@ def summarise(
     received: list[float] = []
     finished: list[float] = []
     sent: list[float] = []
+    lags: list[float] = []
     states: dict[str, int] = {}
+    epoch0 = t0.timestamp()
     for row in rows:
         states[row.state] = states.get(row.state, 0) + 1
         if row.sent_at is not None:
@@ -261,6 +267,9 @@ def summarise(
         at = row.received_at or row.playing_at or (row.finished_at if row.state == "completed" else None)
         if at is not None:
             received.append(since(at))
+            taken = commands.get(row.terminal_id)
+            if taken is not None:
+                lags.append(since(at) - (taken - epoch0))
         if row.state == "completed" and row.finished_at is not None:
             finished.append(since(row.finished_at))
     received.sort()
@@ -279,9 +288,10 @@ def summarise(
         result.received_999_persisted_s = quantile(
             sorted(p - epoch for p in persisted if p is not None), 0.999, n
         )
-    epoch0 = t0.timestamp()
     got = sorted(at - epoch0 for at in commands.values())
     result.command_s = {q: quantile(got, q / 100, n) for q in (1, 50, 90, 99, 100)}
+    lags.sort()
+    result.handling_lag_s = {q: quantile(lags, q / 100, len(lags)) for q in (50, 99, 99.9)} if lags else {}
     if len(received) >= n:
         result.received_100_s = round(received[n - 1], 3)
     if len(finished) >= n:
@@ -517,6 +527,12 @@ def print_table(result: FanoutResult) -> None:
         print(
             f"  terminals ({result.terminal_impl}) took the command off their connection, "
             f"1%/50%/90%/99%/100%: {spread}"
+        )
+    if result.handling_lag_s:
+        lag = " / ".join(_seconds(v) for v in result.handling_lag_s.values())
+        print(
+            "  from a terminal taking the command to the controller handling its `received`, per "
+            f"terminal, 50%/99%/99.9%: {lag}"
         )
     if result.polls:
         print(

@@ -2,15 +2,18 @@
 thousands of playbacks falling due at once cannot keep a terminal of the same process from reading
 the command that reached it meanwhile (real terminals each have their own CPU)."""
 
+import functools
 import selectors
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.fanout import split
+from bench.fanout import FanoutResult, split, summarise
 from bench.harness import cpu_snapshot, cpu_used, machine_busy_seconds
 from bench.lean import TIMERS_PER_TURN, Reactor
+from controller.models import Delivery
 from simulator.fleet import SimulatedSpec
 
 
@@ -51,7 +54,7 @@ def test_reactor_reads_a_ready_socket_between_batches_of_due_timers() -> None:
         reactor.selector.register(ours, selectors.EVENT_READ, Reader(ours, log))
         due = 3 * TIMERS_PER_TURN
         for i in range(due):
-            reactor.call_later(0.0, lambda i=i: log.append(f"timer {i}"))
+            reactor.call_later(0.0, functools.partial(log.append, f"timer {i}"))
         time.sleep(0.01)
         reactor.run_once(0.0)
         assert log == [f"timer {i}" for i in range(TIMERS_PER_TURN)]
@@ -82,3 +85,28 @@ def test_cpu_report_names_the_time_the_hypervisor_took() -> None:
     used = cpu_used(first, second, {})
     assert used["stolen by the hypervisor"] >= 0
     assert "kernel irq" in used
+
+
+def test_summary_gives_each_terminals_time_from_taking_the_command_to_its_received_handled() -> None:
+    t0 = datetime(2026, 11, 28, 0, 0, tzinfo=UTC)
+    rows, taken = [], {}
+    for i in range(1, 1001):
+        terminal = f"sim-421202001001-{i}"
+        taken[terminal] = t0.timestamp() + 0.5 + i / 1000
+        lag = 0.5 if i == 1000 else 0.01
+        rows.append(
+            Delivery(
+                broadcast_id="b",
+                terminal_id=terminal,
+                region_code="421202001001",
+                state="completed",
+                updated_at=t0,
+                received_at=t0 + timedelta(seconds=0.5 + i / 1000 + lag),
+                finished_at=t0 + timedelta(seconds=3),
+            )
+        )
+    result = FanoutResult(terminals=1000, broker="mosquitto", playback_s=1.0)
+    summarise(result, rows, t0, taken)
+    assert result.handling_lag_s == {50: 0.01, 99: 0.01, 99.9: 0.01}
+    assert result.received_100_s == 2.0
+    assert result.as_json()["handling_lag_s"] == {"50%": 0.01, "99%": 0.01, "99.9%": 0.01}
