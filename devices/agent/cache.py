@@ -26,14 +26,15 @@ def keep_within(directory: Path, limit_bytes: int, keep: Path) -> list[Path]:
     was removed."""
     files: list[tuple[float, int, Path]] = []
     total = 0
-    for entry in os.scandir(directory):
-        if not entry.is_file(follow_symlinks=False) or ".part" in entry.name:
-            continue
-        with contextlib.suppress(OSError):
-            status = entry.stat(follow_symlinks=False)
-            total += status.st_size
-            if Path(entry.path) != keep:
-                files.append((status.st_mtime, status.st_size, Path(entry.path)))
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False) or ".part" in entry.name:
+                continue
+            with contextlib.suppress(OSError):
+                status = entry.stat(follow_symlinks=False)
+                total += status.st_size
+                if Path(entry.path) != keep:
+                    files.append((status.st_mtime, status.st_size, Path(entry.path)))
     removed: list[Path] = []
     for _, size, path in sorted(files):
         if total <= limit_bytes:
