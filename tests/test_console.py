@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
 from controller.accounts import Role
@@ -185,6 +185,45 @@ async def test_schedules_are_kept_in_the_week_calendar_with_conflicts_and_the_au
     await page.get_by_label("关键字").fill("")
     await page.get_by_role("button", name="查询").click()
     await screenshot(page, "audit")
+
+
+async def test_a_report_answered_after_the_end_does_not_bring_back_the_older_picture(
+    live: LiveServer, browser: Browser
+) -> None:
+    """The page asks for the report every 5 s as well as following the event stream; an answer
+    read before the broadcast ended and arriving after the stream's `end` must be ignored (it once
+    put a cancelled broadcast back to "cancelling" for good)."""
+    villages = [v.code for v in await live.controller.writer.call(lambda s: villages_under(s, TINGSIQIAO))]
+    specs = specs_in(villages[:2])
+    await live.register(specs)
+    await live.account("wang", Role.OPERATOR, "421202")
+    async with live.fleet(specs, playback_s=30.0):
+        await eventually(lambda: all(live.controller.presence_of(s.terminal_id) == "online" for s in specs))
+        accepted = await live.send(kind="notice", regions=villages[:2], text="停水通知", expires_in=600)
+        await live.report_when(accepted["id"], lambda r: r["counts"].get("playing", 0) == len(specs))
+        page = await signed_in(live, browser, "wang")
+        ended = asyncio.Event()
+        held: list[str] = []
+
+        async def hold(route: Route) -> None:
+            answer = await route.fetch()  # read now, while it still plays
+            held.append(route.request.url)
+            await ended.wait()
+            await route.fulfill(response=answer)
+
+        await page.route(re.compile(rf"/api/v1/broadcasts/{accepted['id']}\?list_limit="), hold)
+        await page.goto(f"/broadcasts/{accepted['id']}")
+        await expect(page.locator("#bstate")).to_have_text("发送中")
+        await eventually(lambda: bool(held))
+        cancelled = await live.http.post(f"/api/v1/broadcasts/{accepted['id']}/cancel")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        await expect(page.locator("#bstate")).to_have_text("已撤销", timeout=30_000)
+        await expect(page.locator("#not-played li").first).to_contain_text("已撤销")
+        ended.set()
+        await page.wait_for_timeout(1000)
+        await expect(page.locator("#bstate")).to_have_text("已撤销")
+        await expect(page.locator("#not-played li").first).to_contain_text("已撤销")
+        await page.unroute_all(behavior="ignoreErrors")
 
 
 async def test_a_viewer_sees_a_speaker_fail_on_the_map_finds_it_in_the_fleet_and_opens_its_page(

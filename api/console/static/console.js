@@ -199,8 +199,13 @@
         }),
       );
     };
+    // The stream's `end` event carries the final report; a periodic report asked for before it
+    // may answer after it, and must not put the older picture back (a cancelled broadcast shown
+    // "cancelling" again, with terminals still "playing", and nothing left to correct it).
+    let ended = false;
     const report = async () => {
       const found = await api("GET", `/api/v1/broadcasts/${id}?list_limit=200`);
+      if (ended) return found;
       draw(found);
       drawMisses(found);
       return found;
@@ -211,6 +216,7 @@
     stream.addEventListener("open", () => dot.classList.add("on"));
     stream.addEventListener("progress", (event) => draw(JSON.parse(event.data)));
     stream.addEventListener("end", (event) => {
+      ended = true;
       const final = JSON.parse(event.data);
       draw(final);
       drawMisses(final);
